@@ -62,19 +62,23 @@ class ExportOptions:
     table: str
     destination: str
     segments: int | None = None
-    format: Format = "ndjson"
-    compression: Compression = "zstd"
+    #: None: "ndjson" for a new export, whatever the saved export used for --resume.
+    format: Format | None = None
+    #: None: "zstd" for a new export, whatever the saved export used for --resume.
+    compression: Compression | None = None
     max_rcu: float | None = None
     consistent_read: bool = False
     resume: bool = False
     shard_bytes: int | None = None
+    #: Items per Scan request (Scan's Limit); None lets DynamoDB fill 1 MB pages.
+    page_size: int | None = None
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     aws: AwsOptions = field(default_factory=AwsOptions)
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
+        if self.format is not None and self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}: use one of {', '.join(FORMATS)}")
-        if self.compression not in COMPRESSIONS:
+        if self.compression is not None and self.compression not in COMPRESSIONS:
             raise ConfigError(
                 f"unknown compression {self.compression!r}: use one of {', '.join(COMPRESSIONS)}"
             )
@@ -84,11 +88,11 @@ class ExportOptions:
             raise ConfigError(f"--max-rcu must be a positive number, not {self.max_rcu}")
         if self.shard_bytes is not None and self.shard_bytes < 1:
             raise ConfigError(f"shard size must be positive, not {self.shard_bytes}")
+        if self.page_size is not None and self.page_size < 1:
+            raise ConfigError(f"--page-size must be at least 1, not {self.page_size}")
         if self.max_concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.max_concurrency}")
 
-    @property
-    def effective_shard_bytes(self) -> int:
-        if self.shard_bytes is not None:
-            return self.shard_bytes
-        return DEFAULT_PARQUET_SHARD_BYTES if self.format == "parquet" else DEFAULT_SHARD_BYTES
+
+def default_shard_bytes(format: str) -> int:
+    return DEFAULT_PARQUET_SHARD_BYTES if format == "parquet" else DEFAULT_SHARD_BYTES

@@ -6,6 +6,7 @@ real AWS account.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -108,10 +109,8 @@ def make_table(dynamodb_client: Any) -> Callable[..., str]:
 
     yield make  # type: ignore[misc]
     for table in created:
-        try:
+        with contextlib.suppress(Exception):
             dynamodb_client.delete_table(TableName=table)
-        except Exception:
-            pass
 
 
 def put_items(client: Any, table: str, items: list[dict[str, Any]]) -> None:

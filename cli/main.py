@@ -1,0 +1,282 @@
+"""The ``ddbpipe`` command: options, progress display, exit codes. No pipeline logic here.
+
+Exit codes: 0 done; 1 the job failed or found problems (the reason is printed on stderr);
+2 bad usage; 130 interrupted (an export can then continue with --resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar, cast
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ddbpipe.config import AwsOptions, Compression, ExportOptions, Format
+from ddbpipe.errors import DdbpipeError
+from ddbpipe.export import run_export
+from ddbpipe.progress import JobProgress
+from ddbpipe.verify import run_verify
+
+app = typer.Typer(
+    name="ddbpipe",
+    help=(
+        "Move DynamoDB tables to and from object storage.\n\n"
+        "DEST and SOURCE are a local directory or s3://bucket/prefix. AWS settings follow the "
+        "AWS CLI: --profile/--region/--endpoint-url or AWS_PROFILE, AWS_REGION, "
+        "AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_S3."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# soft_wrap: a message stays one line however narrow the terminal (scripts grep for it).
+stderr = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+Region = Annotated[str | None, typer.Option(help="AWS region (default: AWS_REGION or profile).")]
+Profile = Annotated[str | None, typer.Option(help="Named AWS profile (default: AWS_PROFILE).")]
+EndpointUrl = Annotated[
+    str | None,
+    typer.Option(help="DynamoDB endpoint, e.g. http://localhost:8000 for DynamoDB Local."),
+]
+S3EndpointUrl = Annotated[
+    str | None, typer.Option(help="S3 endpoint for s3:// paths (MinIO, moto, ...).")
+]
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print one JSON summary object on stdout at the end.")
+]
+
+
+@app.command()
+def export(
+    table: Annotated[str, typer.Argument(help="Name of the DynamoDB table to export.")],
+    dest: Annotated[
+        str, typer.Argument(help="Local directory or s3://bucket/prefix; must not hold an export.")
+    ],
+    segments: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=1_000_000,
+            help="Parallel Scan segments [default: one per ~2 GB, at least one per core].",
+        ),
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="ndjson (AWS export line format) or parquet (typed columns + lossless _item) "
+            "[default: ndjson].",
+        ),
+    ] = None,
+    compression: Annotated[
+        str | None,
+        typer.Option(
+            help="NDJSON compression: zstd, gzip (what AWS tools expect) or none "
+            "[default: zstd]. Parquet always uses zstd inside the file."
+        ),
+    ] = None,
+    max_rcu: Annotated[
+        float | None,
+        typer.Option(help="Cap on read capacity consumed per second, to run beside production."),
+    ] = None,
+    page_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Items per Scan request [default: as many as fit in DynamoDB's 1 MB "
+            "page]. Smaller pages make --max-rcu smoother.",
+        ),
+    ] = None,
+    consistent_read: Annotated[
+        bool, typer.Option(help="Strongly consistent reads (cost twice the RCU).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an unfinished export at DEST from its checkpoints.")
+    ] = False,
+    json_output: JsonOutput = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+    s3_endpoint_url: S3EndpointUrl = None,
+) -> None:
+    """Export TABLE to DEST as compressed shards plus manifests (written last).
+
+    Example: ddbpipe export orders s3://archive/orders/2026-11-23 --segments 32
+    """
+    aws = AwsOptions(
+        region=region, profile=profile, endpoint_url=endpoint_url, s3_endpoint_url=s3_endpoint_url
+    )
+    progress = JobProgress()
+
+    def build_options() -> ExportOptions:
+        return ExportOptions(
+            # ExportOptions checks the values and names the allowed ones.
+            table=table, destination=dest, segments=segments,
+            format=cast(Format | None, format),
+            compression=cast(Compression | None, compression),
+            max_rcu=max_rcu, page_size=page_size, consistent_read=consistent_read,
+            resume=resume, aws=aws,
+        )
+
+    summary = _run(
+        lambda: run_export(build_options(), progress),
+        lambda: _ExportDisplay(progress),
+        interrupted_hint=f"continue with: ddbpipe export {table} {dest} --resume",
+    )
+    if json_output:
+        print(json.dumps(summary.to_dict()))
+    else:
+        stderr.print(
+            f"exported {summary.items:,} items from {summary.table} to {summary.destination} in "
+            f"{summary.seconds:.1f} s ({summary.items / max(summary.seconds, 1e-9):,.0f} items/s): "
+            f"{summary.shards} shards, {_mb(summary.stored_bytes)} stored "
+            f"({_mb(summary.raw_bytes)} of DynamoDB JSON), {summary.consumed_rcu:,.1f} RCU, "
+            f"export id {summary.export_id}"
+        )
+
+
+@app.command()
+def verify(
+    source: Annotated[str, typer.Argument(help="Local directory or s3://bucket/prefix.")],
+    read_data: Annotated[
+        bool,
+        typer.Option(help="Also download, checksum, decode and recount every shard."),
+    ] = False,
+    json_output: JsonOutput = False,
+    region: Region = None,
+    profile: Profile = None,
+    s3_endpoint_url: S3EndpointUrl = None,
+) -> None:
+    """Check a finished export: manifests, shard sizes and counts (and data with --read-data).
+
+    Exits 0 only when everything holds; otherwise prints each problem on its own line.
+    """
+    aws = AwsOptions(region=region, profile=profile, s3_endpoint_url=s3_endpoint_url)
+    report = _run(
+        lambda: run_verify(source, read_data=read_data, aws=aws), lambda: None,
+        interrupted_hint="",
+    )
+    if json_output:
+        print(json.dumps(report.to_dict()))
+    for problem in report.problems:
+        stderr.print(f"problem: {problem}", highlight=False, markup=False)
+    if not json_output:
+        checked = f", {report.items_read:,} items read back" if read_data else ""
+        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        stderr.print(
+            f"{verdict}: export {report.export_id} of {report.table}, {report.shards} shards, "
+            f"{report.items:,} items{checked}", highlight=False,
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# --- running a job -----------------------------------------------------------------------------
+
+
+class _ExportDisplay:
+    """A rich progress bar on a terminal; a plain log line every few seconds otherwise."""
+
+    def __init__(self, progress: JobProgress, every: float = 5.0) -> None:
+        self.progress = progress
+        self.every = every
+        self.last_line = time.monotonic()  # the first line after `every` seconds, not at once
+        self.bar: Progress | None = None
+        if stderr.is_terminal:
+            self.bar = Progress(
+                TextColumn("[bold]export"), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=stderr, transient=False,
+            )
+            self.task = self.bar.add_task("export", total=None, detail="")
+            self.bar.start()
+
+    def detail(self) -> str:
+        p = self.progress
+        return (
+            f"{p.items:,} items  {_mb(p.raw_bytes)}  {p.items_per_second:,.0f} items/s  "
+            f"{p.capacity_per_second:,.1f} RCU/s  segments {p.segments_done}/{p.segments_total}"
+        )
+
+    def update(self) -> None:
+        p = self.progress
+        if self.bar is not None:
+            total = max(p.items_estimate, p.items) or None
+            self.bar.update(self.task, completed=p.items, total=total, detail=self.detail())
+        elif time.monotonic() - self.last_line >= self.every:
+            self.last_line = time.monotonic()
+            eta = p.eta_seconds
+            tail = f"  eta {eta:,.0f} s" if eta is not None else ""
+            logging.getLogger("ddbpipe").info("%s%s", self.detail(), tail)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.stop()
+
+
+def _run(
+    job: Callable[[], Coroutine[Any, Any, T]],
+    display_factory: Callable[[], Any],
+    *,
+    interrupted_hint: str,
+) -> T:
+    """Run a job with a display, turning ddbpipe errors into one line and exit code 1."""
+    try:
+        return asyncio.run(_with_display(job, display_factory))
+    except DdbpipeError as error:
+        stderr.print(f"error: {error}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print(f"interrupted{'; ' + interrupted_hint if interrupted_hint else ''}")
+        raise typer.Exit(130) from None
+
+
+async def _with_display(
+    job: Callable[[], Awaitable[T]], display_factory: Callable[[], Any]
+) -> T:
+    display = display_factory()
+    if display is None:
+        return await job()
+
+    async def refresh() -> None:
+        while True:
+            display.update()
+            await asyncio.sleep(0.25)
+
+    refresher = asyncio.create_task(refresh())
+    try:
+        return await job()
+    finally:
+        refresher.cancel()
+        display.close()
+
+
+def _mb(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+def main() -> None:
+    # Our own log lines at INFO; other libraries (botocore, aiohttp) only when they warn.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("ddbpipe").setLevel(logging.INFO)
+    app()
+
+
+if __name__ == "__main__":
+    main()

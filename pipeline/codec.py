@@ -1,0 +1,540 @@
+"""DynamoDB JSON <-> NDJSON lines and Arrow tables; item size and capacity-unit maths.
+
+No I/O happens here. The export hot path never builds Python dicts for items:
+``decode_scan_page`` slices each item out of a Scan reply as ``msgspec.Raw`` (a view of the
+original bytes), ``ndjson_lines`` glues those slices into AWS's export line format, and
+``items_to_arrow`` lets Arrow's C++ JSON reader parse the items column by column.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from array import array
+from collections.abc import Iterator, Sequence
+from decimal import Decimal, InvalidOperation
+from itertools import accumulate
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import CorruptDataError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ITEM_COLUMN",
+    "ScanPage",
+    "arrow_items",
+    "decode_item",
+    "decode_scan_page",
+    "encode_item",
+    "item_size",
+    "items_to_arrow",
+    "ndjson_lines",
+    "ndjson_pieces",
+    "read_units",
+    "write_units",
+]
+
+#: Bytes-like: ``bytes``, ``bytearray``, ``memoryview`` or ``msgspec.Raw`` (all expose a buffer).
+BytesLike = Any
+
+#: Version of the Parquet column layout below, stored in each file's schema metadata.
+FORMAT_VERSION = "1"
+#: The column that holds each whole item as DynamoDB JSON text (the lossless source of truth).
+ITEM_COLUMN = "_item"
+METADATA_FORMAT_VERSION = b"ddbpipe.format_version"
+METADATA_KEY_ATTRIBUTES = b"ddbpipe.key_attributes"
+
+SCALAR_TAGS = ("S", "N", "B", "BOOL")
+KEY_TAGS = ("S", "N", "B")
+
+
+# --- Scan replies -------------------------------------------------------------------------
+
+
+class _ConsumedCapacity(msgspec.Struct):
+    CapacityUnits: float = 0.0
+
+
+class _ScanReply(msgspec.Struct):
+    # Items stay raw: slicing them out is what makes the export fast.
+    Items: list[msgspec.Raw]
+    Count: int | None = None
+    ScannedCount: int | None = None
+    LastEvaluatedKey: dict[str, Any] | None = None
+    ConsumedCapacity: _ConsumedCapacity | None = None
+
+
+class ScanPage(msgspec.Struct, frozen=True):
+    """One decoded Scan reply.
+
+    ``items`` are views of the reply body (one ``msgspec.Raw`` per item, DynamoDB JSON);
+    ``last_evaluated_key`` is in DynamoDB wire form (``{"pk": {"S": "a"}}``), ready to send back
+    as ``ExclusiveStartKey`` or to save in a checkpoint; ``None`` on the last page.
+    """
+
+    items: list[msgspec.Raw]
+    count: int
+    scanned_count: int
+    last_evaluated_key: dict[str, Any] | None
+    consumed_capacity: float
+
+
+_scan_reply_decoder = msgspec.json.Decoder(_ScanReply)
+
+
+def decode_scan_page(body: bytes) -> ScanPage:
+    """Decode a raw DynamoDB Scan reply body without building Python objects for the items."""
+    try:
+        reply = _scan_reply_decoder.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise CorruptDataError(f"malformed Scan reply: {exc}") from None
+    count = len(reply.Items)
+    # Count is the number of items returned (after any filter); a mismatch means a broken body.
+    if reply.Count is not None and reply.Count != count:
+        raise CorruptDataError(
+            f"malformed Scan reply: Count is {reply.Count} but {count} items were returned"
+        )
+    capacity = reply.ConsumedCapacity.CapacityUnits if reply.ConsumedCapacity else 0.0
+    return ScanPage(
+        items=reply.Items,
+        count=count,
+        scanned_count=reply.ScannedCount if reply.ScannedCount is not None else count,
+        last_evaluated_key=reply.LastEvaluatedKey,
+        consumed_capacity=capacity,
+    )
+
+
+# --- NDJSON lines ---------------------------------------------------------------------------
+
+_LINE_START = b'{"Item":'
+_LINE_BETWEEN = b'}\n{"Item":'
+_LINE_END = b"}\n"
+
+
+def ndjson_lines(items: Sequence[BytesLike]) -> bytes:
+    """``{"Item":<item>}\\n`` for each raw item, joined: the line format of AWS's own exports."""
+    return b"".join(ndjson_pieces(items))
+
+
+def ndjson_pieces(items: Sequence[BytesLike]) -> list[bytes]:
+    """The bytes of ``ndjson_lines`` in a few pieces, to feed a compressor without copying."""
+    if not items:
+        return []
+    # One C-level join over the items: no per-item Python work on the hot path.
+    middle = _LINE_BETWEEN.join(items)
+    if middle.count(b"\n") != len(items) - 1:
+        # An item holding a raw newline (pretty-printed JSON) would split its line; re-encode
+        # those compactly. DynamoDB never sends such items, so this path is cold.
+        middle = _LINE_BETWEEN.join([_compact(item) for item in items])
+    return [_LINE_START, middle, _LINE_END]
+
+
+def _compact(item: BytesLike) -> bytes:
+    raw = bytes(item)
+    if b"\n" not in raw:
+        return raw
+    return msgspec.json.encode(msgspec.json.decode(raw))
+
+
+# --- single items ---------------------------------------------------------------------------
+
+_item_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_item(raw: BytesLike) -> dict[str, Any]:
+    """Decode one item's DynamoDB JSON into a wire-form dict (``{"pk": {"S": "a"}}``)."""
+    try:
+        return _item_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise CorruptDataError(f"malformed item: {exc}") from None
+
+
+def encode_item(item: dict[str, Any]) -> bytes:
+    """Encode a wire-form item dict as compact DynamoDB JSON."""
+    return msgspec.json.encode(item)
+
+
+# --- item size and capacity units -----------------------------------------------------------
+# Source: Amazon DynamoDB Developer Guide, "DynamoDB item sizes and formats"
+# (CapacityUnitCalculations.html) and "Read/write capacity mode" (1 WCU = one write of up to
+# 1 KB; 1 RCU = one strongly consistent read of up to 4 KB, or two eventually consistent).
+
+WRITE_UNIT_BYTES = 1024
+READ_UNIT_BYTES = 4096
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """Size of an item (wire-form dict) in bytes as DynamoDB counts it for capacity units.
+
+    Per attribute: name (UTF-8 bytes) + value, where a string is its UTF-8 bytes, a number
+    1 byte per two significant digits + 1, a binary its raw (base64-decoded) bytes, BOOL/NULL
+    1 byte, a list or map 3 bytes + its elements + 1 byte per element (a map element also
+    counts its name), and a set the sum of its members.
+    """
+    return sum(_utf8_len(name) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(value: dict[str, Any]) -> int:
+    if len(value) != 1:
+        raise CorruptDataError(f"not a DynamoDB attribute value: {value!r}")
+    ((tag, inner),) = value.items()
+    if tag == "S":
+        return _utf8_len(inner)
+    if tag == "N":
+        return _number_size(inner)
+    if tag == "B":
+        return _binary_size(inner)
+    if tag in ("BOOL", "NULL"):
+        return 1
+    if tag == "SS":
+        return sum(_utf8_len(member) for member in inner)
+    if tag == "NS":
+        return sum(_number_size(member) for member in inner)
+    if tag == "BS":
+        return sum(_binary_size(member) for member in inner)
+    if tag == "L":
+        return 3 + sum(_value_size(element) + 1 for element in inner)
+    if tag == "M":
+        return 3 + sum(
+            _utf8_len(name) + _value_size(element) + 1 for name, element in inner.items()
+        )
+    raise CorruptDataError(f"unknown DynamoDB type {tag!r}")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _number_size(number: str) -> int:
+    try:
+        digits = Decimal(number).as_tuple().digits
+    except (InvalidOperation, TypeError):
+        raise CorruptDataError(f"not a DynamoDB number: {number!r}") from None
+    # Leading and trailing zeros are trimmed; what remains are the significant digits.
+    significant = "".join(map(str, digits)).strip("0")
+    return (len(significant) + 1) // 2 + 1
+
+
+def _binary_size(value: str | bytes) -> int:
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    try:
+        return len(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        raise CorruptDataError(f"binary value is not base64: {value[:40]!r}") from None
+
+
+def write_units(size: int) -> int:
+    """WCUs to write one item of ``size`` bytes: 1 KB units, rounded up per item, at least 1."""
+    return max(1, math.ceil(size / WRITE_UNIT_BYTES))
+
+
+def read_units(size: int, consistent: bool) -> float:
+    """RCUs to read ``size`` bytes: 4 KB units rounded up (at least one); half if eventual."""
+    units = max(1, math.ceil(size / READ_UNIT_BYTES))
+    return float(units) if consistent else units / 2
+
+
+# --- Arrow / Parquet ------------------------------------------------------------------------
+# Items are decoded a chunk (~1 MB) at a time into msgspec structs that keep only the scalar
+# type tags of each top-level attribute; nested values (M, L, sets, NULL) are skipped by the
+# parser and leave a struct with every tag unset. Columns are then pulled out with C-level
+# map/attrgetter calls, so the per-item Python work stays at a few hundred nanoseconds.
+
+DECIMAL_PRECISION = 38
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+_CHUNK_BYTES = 1024 * 1024
+_TAG_TYPES = {"S": pa.string(), "N": pa.string(), "B": pa.binary(), "BOOL": pa.bool_()}
+_MIXED = "mixed"  # an attribute seen with more than one type, or a non-scalar type
+
+
+class _AttributeValue(msgspec.Struct, gc=False):
+    S: str | None = None
+    N: str | None = None
+    B: bytes | None = None  # msgspec decodes the base64 text
+    BOOL: bool | None = None
+
+
+_TAG_GETTERS = {tag: attrgetter(tag) for tag in SCALAR_TAGS}
+_item_names_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
+
+
+class _ColumnParts:
+    """The typed values of one attribute, one Arrow array per chunk, while its type holds."""
+
+    def __init__(self, rows_before: int) -> None:
+        self.tag: str | None = None
+        self.arrays: list[pa.Array] = []
+        self.rows_before = rows_before  # rows of earlier chunks, where it was not seen
+
+    def add(self, tag: str | None, values: pa.Array | None, rows: int) -> None:
+        if self.tag == _MIXED:
+            return
+        if tag is None:  # absent from the whole chunk
+            self.arrays.append(pa.nulls(rows))
+            return
+        if tag == _MIXED or (self.tag is not None and tag != self.tag):
+            self.tag, self.arrays = _MIXED, []
+            return
+        self.tag = tag
+        assert values is not None
+        self.arrays.append(values)
+
+    def column(self) -> pa.ChunkedArray | None:
+        if self.tag is None or self.tag == _MIXED:
+            return None
+        arrow_type = _TAG_TYPES[self.tag]
+        arrays = [pa.nulls(self.rows_before, arrow_type)] if self.rows_before else []
+        arrays += [array.cast(arrow_type) for array in self.arrays]
+        return pa.chunked_array(arrays, arrow_type)
+
+
+class _ChunkDecoder:
+    """Decodes chunks of items into structs with one field per attribute name seen so far."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._decoder = self._build()
+
+    def decode(self, document: bytes) -> list[Any]:
+        if not self.names:
+            self._learn_names(document)
+        try:
+            return self._decoder.decode(document)
+        except msgspec.ValidationError as exc:
+            # Usually an attribute name not seen before: learn the names and decode again.
+            if not self._learn_names(document):
+                raise CorruptDataError(f"malformed item: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise CorruptDataError(f"malformed item: {exc}") from None
+        try:
+            return self._decoder.decode(document)
+        except msgspec.DecodeError as exc:
+            raise CorruptDataError(f"malformed item: {exc}") from None
+
+    def _learn_names(self, document: bytes) -> bool:
+        try:
+            rows = _item_names_decoder.decode(document)
+        except msgspec.DecodeError as exc:
+            raise CorruptDataError(f"malformed item: {exc}") from None
+        new_names = set().union(*rows) - set(self.names)
+        if not new_names:
+            return False
+        self.names += sorted(new_names)
+        self._decoder = self._build()
+        return True
+
+    def _build(self) -> msgspec.json.Decoder[list[Any]]:
+        # Struct fields need identifier names; ``rename`` maps them to the attribute names.
+        fields = [(f"a{index}", _AttributeValue | None, None) for index in range(len(self.names))]
+        rename = {f"a{index}": name for index, name in enumerate(self.names)}
+        item_type = msgspec.defstruct(
+            "_Item", fields, rename=rename, forbid_unknown_fields=True, gc=False
+        )
+        return msgspec.json.Decoder(list[item_type])  # type: ignore[valid-type]
+
+
+def items_to_arrow(
+    items: Sequence[BytesLike], key_attributes: Sequence[tuple[str, str]]
+) -> pa.Table:
+    """Arrow table of raw items: typed key columns, ``_item``, then typed scalar columns.
+
+    A non-key attribute gets a typed column only if it has one scalar type (S, N, B or BOOL)
+    in every item of ``items`` that has it; everything else lives only in ``_item``.
+    """
+    for name, tag in key_attributes:
+        if tag not in KEY_TAGS:
+            raise ValueError(f"key attribute {name!r} has type {tag!r}, not one of S, N, B")
+        if name == ITEM_COLUMN:
+            raise ValueError(f"a key attribute named {ITEM_COLUMN!r} would hide the item column")
+    decoder = _ChunkDecoder()
+    parts: dict[str, _ColumnParts] = {}
+    item_chunks: list[pa.Array] = []
+    rows_done = 0
+    for chunk in _chunks(items):
+        rows = decoder.decode(b"[" + b",".join(chunk) + b"]")
+        item_chunks.append(_item_array(chunk))
+        for index, name in enumerate(decoder.names):
+            if name not in parts:
+                parts[name] = _ColumnParts(rows_before=rows_done)
+            values = list(map(attrgetter(f"a{index}"), rows))
+            parts[name].add(*_chunk_values(values), len(rows))
+        rows_done += len(rows)
+
+    columns: dict[str, pa.ChunkedArray] = {}
+    for name, tag in key_attributes:
+        columns[name] = _key_column(parts.get(name), name, tag, rows_done)
+    columns[ITEM_COLUMN] = pa.chunked_array(item_chunks, pa.large_string())
+    key_names = {name for name, _ in key_attributes}
+    for name in sorted(parts):
+        if name in key_names or name == ITEM_COLUMN:
+            continue
+        column = parts[name].column()
+        if column is not None:
+            columns[name] = _convert(column, parts[name].tag or "")
+    metadata = {
+        METADATA_FORMAT_VERSION: FORMAT_VERSION.encode(),
+        METADATA_KEY_ATTRIBUTES: json.dumps([list(pair) for pair in key_attributes]).encode(),
+    }
+    schema = pa.schema([(name, column.type) for name, column in columns.items()], metadata=metadata)
+    return pa.table(list(columns.values()), schema=schema)
+
+
+def _chunks(items: Sequence[BytesLike]) -> Iterator[Sequence[BytesLike]]:
+    """Slices of ``items`` of about ``_CHUNK_BYTES`` each (big joins are slow to allocate)."""
+    start = 0
+    size = 0
+    for index, length in enumerate(map(len, items)):
+        size += length
+        if size >= _CHUNK_BYTES:
+            yield items[start : index + 1]
+            start, size = index + 1, 0
+    if start < len(items):
+        yield items[start:]
+
+
+def _chunk_values(values: list[Any]) -> tuple[str | None, pa.Array | None]:
+    """(tag, Arrow values with nulls where absent) of one attribute in one chunk.
+
+    The tag is None if the attribute is absent from the whole chunk, ``_MIXED`` if it has
+    more than one type or a non-scalar one.
+    """
+    present = len(values) - values.count(None)
+    if present == 0:
+        return None, None
+    dense = present == len(values)
+    present_values = values if dense else [value for value in values if value is not None]
+    tag = _scalar_tag(present_values[0])
+    if tag is None:
+        return _MIXED, None
+    getter = _TAG_GETTERS[tag]
+    scalars = list(map(getter, present_values))
+    # Every present value must carry this tag; a missing one means another type.
+    if scalars.count(None):
+        return _MIXED, None
+    if not dense:
+        scalars = [None if value is None else getter(value) for value in values]
+    return tag, pa.array(scalars, type=_TAG_TYPES[tag])
+
+
+def _scalar_tag(value: _AttributeValue) -> str | None:
+    for tag in SCALAR_TAGS:
+        if getattr(value, tag) is not None:
+            return tag
+    return None
+
+
+def _item_array(chunk: Sequence[BytesLike]) -> pa.Array:
+    """``_item`` values of a chunk: one joined buffer and the items' offsets, no copies."""
+    data = b"".join(chunk)
+    offsets = array("q", accumulate(map(len, chunk), initial=0))
+    column = pa.LargeStringArray.from_buffers(len(chunk), pa.py_buffer(offsets), pa.py_buffer(data))
+    try:
+        column.validate(full=True)  # checks the UTF-8
+    except pa.ArrowInvalid as exc:
+        raise CorruptDataError(f"malformed item: {exc}") from None
+    return column
+
+
+def _key_column(parts: _ColumnParts | None, name: str, tag: str, rows: int) -> pa.ChunkedArray:
+    if rows == 0:
+        empty = pa.chunked_array([], _TAG_TYPES[tag])
+        return _convert(empty, tag)
+    column = parts.column() if parts is not None and parts.tag == tag else None
+    if column is None or column.null_count:
+        raise CorruptDataError(
+            f"items lack key attribute {name!r} of type {tag} (or have it with another type)"
+        )
+    return _convert(column, tag)
+
+
+def _convert(column: pa.ChunkedArray, tag: str) -> pa.ChunkedArray | pa.Array:
+    return _number_column(column) if tag == "N" else column
+
+
+def _number_column(values: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """int64 if every value is an int64 integer, else decimal128(38, s) if all fit, else
+    float64 (approximate; ``_item`` keeps the exact text)."""
+    try:
+        return pc.cast(values, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass  # not all plain integers in range
+    if pc.any(pc.match_substring_regex(values, "[eE]")).as_py():
+        return _exponent_number_column(values)
+    scale, integer_digits = _plain_decimal_shape(values)
+    if integer_digits + scale <= DECIMAL_PRECISION:
+        return pc.cast(values, pa.decimal128(DECIMAL_PRECISION, scale))
+    return pc.cast(values, pa.float64())
+
+
+def _plain_decimal_shape(values: pa.ChunkedArray) -> tuple[int, int]:
+    """(most digits after the point, most digits before it) of numbers without exponents."""
+    lengths = pc.utf8_length(values)
+    points = pc.find_substring(values, ".")
+    has_point = pc.greater_equal(points, 0)
+    fraction_digits = pc.if_else(has_point, pc.subtract(pc.subtract(lengths, points), 1), 0)
+    signs = pc.cast(pc.starts_with(values, "-"), pa.int32())
+    whole_digits = pc.subtract(pc.if_else(has_point, points, lengths), signs)
+    # A lone leading zero ("0.25") is not a digit of precision.
+    whole_digits = pc.if_else(pc.match_substring_regex(values, r"^-?0\."), 0, whole_digits)
+    scale = pc.max(fraction_digits).as_py() or 0
+    return scale, pc.max(whole_digits).as_py() or 0
+
+
+def _exponent_number_column(values: pa.ChunkedArray) -> pa.Array:
+    # Cold path: DynamoDB writes numbers like 1E+125 with an exponent; sort them out exactly.
+    try:
+        numbers = [None if text is None else Decimal(text) for text in values.to_pylist()]
+    except InvalidOperation:
+        raise CorruptDataError("a number attribute is not a number") from None
+    present = [number for number in numbers if number is not None]
+    if all(_is_int64(number) for number in present):
+        return pa.array([None if n is None else int(n) for n in numbers], type=pa.int64())
+    scale = _common_scale(present)
+    if scale is not None:
+        return pa.array(numbers, type=pa.decimal128(DECIMAL_PRECISION, scale))
+    return pa.array([None if n is None else float(n) for n in numbers], type=pa.float64())
+
+
+def _is_int64(number: Decimal) -> bool:
+    return (
+        number.is_finite()
+        and number == number.to_integral_value()
+        and (INT64_MIN <= number <= INT64_MAX)
+    )
+
+
+def _common_scale(numbers: list[Decimal]) -> int | None:
+    """The scale s at which decimal128(38, s) holds every number exactly, or None."""
+    scale = 0
+    integer_digits = 0
+    for number in numbers:
+        if not number.is_finite():
+            return None
+        _, digits, exponent = number.normalize().as_tuple()
+        assert isinstance(exponent, int)
+        scale = max(scale, -exponent)
+        integer_digits = max(integer_digits, len(digits) + exponent)
+    if integer_digits + scale > DECIMAL_PRECISION:
+        return None
+    return scale
+
+
+def arrow_items(table: pa.Table) -> Iterator[bytes]:
+    """Each row's ``_item`` (DynamoDB JSON) as bytes."""
+    if ITEM_COLUMN not in table.column_names:
+        raise CorruptDataError(f"table has no {ITEM_COLUMN!r} column")
+    column = table.column(ITEM_COLUMN)
+    if column.null_count:
+        raise CorruptDataError(f"{column.null_count} rows have no {ITEM_COLUMN!r} value")
+    for chunk in column.chunks:
+        # Casting string to binary is zero-copy; to_pylist then yields bytes, not str.
+        yield from chunk.cast(pa.large_binary()).to_pylist()

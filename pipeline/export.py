@@ -1,0 +1,329 @@
+"""The export job: describe the table, plan segments, run them, write the manifests last.
+
+Order of writes (docs/FORMAT.md): the plan (``_ddbpipe-state/export.json``) first; shards,
+each followed by its segment's checkpoint; then the AWS manifests; ``ddbpipe-manifest.json``
+last as the commit point; then the state folder is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import ExportOptions, default_shard_bytes
+from .dynamo import DynamoClient
+from .errors import DdbpipeError, DestinationExistsError, ResumeError
+from .manifest import (
+    DATA_PREFIX,
+    MANIFEST_KEY,
+    STATE_KEY,
+    STATE_PREFIX,
+    ExportManifest,
+    ExportPlan,
+    SegmentCheckpoint,
+    decode_checkpoint,
+    decode_plan,
+    encode_plan,
+    final_documents,
+    key_attributes,
+    segment_state_key,
+    table_schema,
+)
+from .progress import JobProgress
+from .ratelimit import TokenBucket
+from .scan import SegmentTask, run_segment
+from .storage import ObjectStore, open_store
+
+log = logging.getLogger("ddbpipe.export")
+
+#: AWS suggests one Scan segment per ~2 GB of table for large tables.
+BYTES_PER_SEGMENT = 2 * 1024**3
+MAX_AUTO_SEGMENTS = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSummary:
+    """What an export did; ``to_dict`` is the ``--json`` output."""
+
+    export_id: str
+    table: str
+    destination: str
+    items: int
+    shards: int
+    stored_bytes: int
+    raw_bytes: int
+    seconds: float
+    consumed_rcu: float
+    format: str
+    compression: str
+    segments: int
+    resumed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_segments(table_size_bytes: int, cores: int | None = None) -> int:
+    """One segment per ~2 GB, at least one per core, at most MAX_AUTO_SEGMENTS."""
+    by_size = math.ceil(table_size_bytes / BYTES_PER_SEGMENT)
+    return max(1, min(MAX_AUTO_SEGMENTS, max(by_size, cores or os.cpu_count() or 1)))
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ddbpipe")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def run_export(options: ExportOptions, progress: JobProgress | None = None) -> ExportSummary:
+    """Run (or, with ``options.resume``, continue) an export; see ``ddbpipe.export_table``."""
+    progress = progress or JobProgress()
+    started = time.monotonic()
+    store = open_store(options.destination, options.aws)
+    try:
+        await store.ensure_ready(for_write=True)
+        async with DynamoClient.open(
+            options.aws, max_connections=options.max_concurrency
+        ) as client:
+            description = await client.describe_table(options.table)
+            plan, checkpoints = await _prepare(options, store, client, description)
+            _start_progress(progress, plan, checkpoints, description)
+            finals = await _run_segments(options, plan, checkpoints, client, store, progress)
+            progress.throttles = client.throttles
+        manifest = await _commit(store, plan, finals)
+    finally:
+        await store.close()
+    return ExportSummary(
+        export_id=plan.export_id,
+        table=plan.table_name,
+        destination=store.url,
+        items=manifest.item_count,
+        shards=len(manifest.shards),
+        stored_bytes=manifest.stored_bytes,
+        raw_bytes=manifest.raw_bytes,
+        seconds=round(time.monotonic() - started, 3),
+        consumed_rcu=round(manifest.consumed_rcu, 3),
+        format=plan.data_format,
+        compression=plan.compression,
+        segments=plan.segments,
+        resumed=options.resume,
+    )
+
+
+# --- before the scan -------------------------------------------------------------------------
+
+
+async def _prepare(
+    options: ExportOptions, store: ObjectStore, client: DynamoClient, description: dict[str, Any]
+) -> tuple[ExportPlan, list[SegmentCheckpoint]]:
+    if await store.head(MANIFEST_KEY) is not None:
+        raise DestinationExistsError(
+            f"{store.url} already holds a finished export ({MANIFEST_KEY}); exports are "
+            "write-once: choose a new destination"
+        )
+    unfinished = await store.head(STATE_KEY) is not None
+    if options.resume:
+        if not unfinished:
+            raise ResumeError(
+                f"nothing to resume at {store.url}: it holds no unfinished ddbpipe export; "
+                "run without --resume to start one"
+            )
+        plan = decode_plan(await store.get_bytes(STATE_KEY))
+        _check_resume_matches(options, plan, store)
+        return plan, await _load_checkpoints(store, plan)
+    if unfinished:
+        raise DestinationExistsError(
+            f"{store.url} holds an unfinished export: continue it with --resume, or choose a "
+            "new destination"
+        )
+    if await store.list(DATA_PREFIX):
+        raise DestinationExistsError(
+            f"{store.url} already has files under {DATA_PREFIX}: choose an empty destination"
+        )
+    plan = await _new_plan(options, store, client, description)
+    await store.put_bytes(STATE_KEY, encode_plan(plan))
+    return plan, [SegmentCheckpoint(segment=s) for s in range(plan.segments)]
+
+
+async def _new_plan(
+    options: ExportOptions, store: ObjectStore, client: DynamoClient, description: dict[str, Any]
+) -> ExportPlan:
+    time_to_live = await client.describe_time_to_live(options.table)
+    tags = await client.list_tags(description["TableArn"]) if description.get("TableArn") else None
+    export_format = options.format or "ndjson"
+    return ExportPlan(
+        export_id=f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}",
+        table_name=description["TableName"],
+        table_arn=description.get("TableArn", ""),
+        table_id=description.get("TableId", ""),
+        region=client.region,
+        data_format=export_format,
+        compression=options.compression or "zstd",
+        segments=options.segments or plan_segments(int(description.get("TableSizeBytes", 0))),
+        consistent_read=options.consistent_read,
+        shard_bytes=options.shard_bytes or default_shard_bytes(export_format),
+        start_time=utc_now(),
+        key_attributes=key_attributes(description),
+        table=table_schema(description, time_to_live, tags),
+    )
+
+
+def _check_resume_matches(options: ExportOptions, plan: ExportPlan, store: ObjectStore) -> None:
+    differences = [
+        f"{name} {asked!r} (it has {saved!r})"
+        for name, asked, saved in (
+            ("table", options.table, plan.table_name),
+            ("format", options.format, plan.data_format),
+            ("compression", options.compression, plan.compression),
+            ("segments", options.segments, plan.segments),
+        )
+        if asked is not None and asked != saved
+    ]
+    if differences:
+        raise ResumeError(
+            f"the unfinished export at {store.url} differs from what was asked: "
+            f"{', '.join(differences)}; resume with the same options or choose a new destination"
+        )
+
+
+async def _load_checkpoints(store: ObjectStore, plan: ExportPlan) -> list[SegmentCheckpoint]:
+    saved = {info.key for info in await store.list(STATE_PREFIX)}
+    checkpoints = []
+    for segment in range(plan.segments):
+        key = segment_state_key(segment)
+        if key in saved:
+            checkpoint = decode_checkpoint(await store.get_bytes(key), key)
+        else:
+            checkpoint = SegmentCheckpoint(segment=segment)
+        checkpoints.append(checkpoint)
+    return checkpoints
+
+
+def _start_progress(
+    progress: JobProgress,
+    plan: ExportPlan,
+    checkpoints: list[SegmentCheckpoint],
+    description: dict[str, Any],
+) -> None:
+    progress.segments_total = plan.segments
+    progress.items_estimate = int(description.get("ItemCount", 0))
+    for checkpoint in checkpoints:
+        progress.items += checkpoint.items
+        progress.consumed_capacity += checkpoint.consumed_rcu
+        progress.segments_done += checkpoint.done
+        for shard in checkpoint.shards:
+            progress.add_shard(shard.stored_bytes)
+            progress.raw_bytes += shard.raw_bytes
+
+
+# --- the scan --------------------------------------------------------------------------------
+
+
+async def _run_segments(
+    options: ExportOptions,
+    plan: ExportPlan,
+    checkpoints: list[SegmentCheckpoint],
+    client: DynamoClient,
+    store: ObjectStore,
+    progress: JobProgress,
+) -> list[SegmentCheckpoint]:
+    read_budget = TokenBucket(options.max_rcu) if options.max_rcu else None
+    running = asyncio.Semaphore(options.max_concurrency)
+
+    async def one_segment(checkpoint: SegmentCheckpoint) -> SegmentCheckpoint:
+        task = SegmentTask(
+            table=plan.table_name,
+            segment=checkpoint.segment,
+            total_segments=plan.segments,
+            format=plan.data_format,
+            compression=plan.compression,
+            key_attributes=plan.key_attributes,
+            consistent_read=plan.consistent_read,
+            shard_bytes=plan.shard_bytes,
+            page_size=options.page_size,
+        )
+        async with running:
+            return await run_segment(
+                task,
+                checkpoint,
+                client=client,
+                store=store,
+                progress=progress,
+                read_budget=read_budget,
+            )
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one_segment(c)) for c in checkpoints]
+    except BaseExceptionGroup as group_error:
+        raise _first_error(group_error) from None
+    return [task.result() for task in tasks]
+
+
+def _first_error(group_error: BaseExceptionGroup) -> BaseException:
+    """The error to show: a ddbpipe error if one segment hit one, else the first."""
+    errors = list(_leaves(group_error))
+    for error in errors:
+        if isinstance(error, DdbpipeError):
+            return error
+    return errors[0]
+
+
+def _leaves(error: BaseException) -> Any:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+# --- after the scan --------------------------------------------------------------------------
+
+
+async def _commit(
+    store: ObjectStore, plan: ExportPlan, finals: list[SegmentCheckpoint]
+) -> ExportManifest:
+    shards = tuple(shard for checkpoint in finals for shard in checkpoint.shards)
+    await _delete_unlisted_shards(store, {shard.key for shard in shards})
+    manifest = ExportManifest(
+        plan=plan,
+        tool_version=tool_version(),
+        end_time=utc_now(),
+        consumed_rcu=sum(checkpoint.consumed_rcu for checkpoint in finals),
+        shards=shards,
+    )
+    for key, document in final_documents(manifest, store.bucket, store.root_key):
+        await store.put_bytes(key, document)
+    await _delete_state(store)
+    return manifest
+
+
+async def _delete_unlisted_shards(store: ObjectStore, listed: set[str]) -> None:
+    """A run killed between storing a shard and its checkpoint leaves that shard behind."""
+    for info in await store.list(DATA_PREFIX):
+        if info.key not in listed:
+            await store.delete(info.key)
+
+
+async def _delete_state(store: ObjectStore) -> None:
+    # The export is committed already; leftover state is untidy, not wrong.
+    with contextlib.suppress(DdbpipeError):
+        for info in await store.list(STATE_PREFIX):
+            await store.delete(info.key)
+        return
+    log.warning("could not remove %s%s after the export finished", store.url, STATE_PREFIX)

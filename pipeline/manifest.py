@@ -1,0 +1,418 @@
+"""Manifests and checkpoints: what an export wrote down, in the order docs/FORMAT.md gives.
+
+Our manifest (``ddbpipe-manifest.json``) is the commit point of an export: it is written
+last, and an export without it is unfinished. Next to it, for NDJSON exports, the manifests
+AWS's own export writes (``manifest-summary.json``, ``manifest-files.json`` and their ``.md5``
+files), so tools that read AWS-native exports read ours. While an export runs, its state lives
+under ``_ddbpipe-state/``: the export's plan and one checkpoint per segment.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import msgspec
+
+from .errors import CorruptDataError, FormatVersionError
+
+FORMAT_NAME = "ddbpipe-export"
+FORMAT_VERSION = 1
+
+MANIFEST_KEY = "ddbpipe-manifest.json"
+AWS_SUMMARY_KEY = "manifest-summary.json"
+AWS_SUMMARY_MD5_KEY = "manifest-summary.md5"
+AWS_FILES_KEY = "manifest-files.json"
+AWS_FILES_MD5_KEY = "manifest-files.md5"
+DATA_PREFIX = "data/"
+STATE_PREFIX = "_ddbpipe-state/"
+STATE_KEY = STATE_PREFIX + "export.json"
+
+AWS_MANIFEST_VERSION = "2020-06-30"
+SNAPSHOT_NOTE = (
+    "A parallel Scan is not a point-in-time snapshot: writes made to the table while the "
+    "export ran may or may not be included. Use point-in-time recovery for a consistent copy."
+)
+
+#: Keys an export owns at its destination; any of them present means the place is taken.
+RESERVED_KEYS = (MANIFEST_KEY, AWS_SUMMARY_KEY, AWS_FILES_KEY, STATE_KEY)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardEntry:
+    """One stored shard: where it is and what must be true of it."""
+
+    key: str
+    segment: int
+    seq: int
+    items: int
+    stored_bytes: int
+    raw_bytes: int
+    sha256: str
+    md5: str  # base64, as AWS's manifest-files.json records it
+    etag: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentCheckpoint:
+    """How far one Scan segment got: shards stored, and the key to continue after.
+
+    ``last_key`` is the LastEvaluatedKey of the last page whose items are in a stored shard;
+    ``None`` with ``done`` False means the segment has not started.
+    """
+
+    segment: int
+    shards: tuple[ShardEntry, ...] = ()
+    last_key: dict[str, Any] | None = None
+    done: bool = False
+    consumed_rcu: float = 0.0
+
+    @property
+    def items(self) -> int:
+        return sum(shard.items for shard in self.shards)
+
+    @property
+    def next_seq(self) -> int:
+        return len(self.shards)
+
+    def after_shard(
+        self, shard: ShardEntry, last_key: dict[str, Any] | None, consumed_rcu: float
+    ) -> SegmentCheckpoint:
+        return replace(
+            self,
+            shards=(*self.shards, shard),
+            last_key=last_key,
+            done=last_key is None,
+            consumed_rcu=self.consumed_rcu + consumed_rcu,
+        )
+
+    def finished(self, consumed_rcu: float) -> SegmentCheckpoint:
+        return replace(
+            self, last_key=None, done=True, consumed_rcu=self.consumed_rcu + consumed_rcu
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportPlan:
+    """What an export is, fixed when it starts; saved first so ``--resume`` can continue it."""
+
+    export_id: str
+    table_name: str
+    table_arn: str
+    table_id: str
+    region: str
+    data_format: str  # "ndjson" | "parquet"
+    compression: str
+    segments: int
+    consistent_read: bool
+    shard_bytes: int
+    start_time: str
+    key_attributes: tuple[tuple[str, str], ...]
+    table: dict[str, Any] = field(default_factory=dict)
+
+
+def segment_state_key(segment: int) -> str:
+    return f"{STATE_PREFIX}segment-{segment:07d}.json"
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+
+
+def _decode(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        document = msgspec.json.decode(data)
+    except msgspec.DecodeError as error:
+        raise CorruptDataError(f"{what} is not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise CorruptDataError(f"{what} is not a JSON object")
+    return document
+
+
+def encode_plan(plan: ExportPlan) -> bytes:
+    return _encode({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **asdict(plan)})
+
+
+def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
+    document = _decode(data, what)
+    check_format_version(document, what)
+    try:
+        return ExportPlan(
+            **{
+                name: document[name]
+                for name in ExportPlan.__dataclass_fields__
+                if name != "key_attributes"
+            },
+            key_attributes=tuple((n, t) for n, t in document["key_attributes"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptDataError(f"{what} is missing or has a wrong field ({error})") from None
+
+
+def encode_checkpoint(checkpoint: SegmentCheckpoint) -> bytes:
+    return _encode(asdict(checkpoint))
+
+
+def decode_checkpoint(data: bytes, what: str) -> SegmentCheckpoint:
+    document = _decode(data, what)
+    try:
+        return SegmentCheckpoint(
+            segment=int(document["segment"]),
+            shards=tuple(_shard_from_dict(s) for s in document["shards"]),
+            last_key=document["last_key"],
+            done=bool(document["done"]),
+            consumed_rcu=float(document["consumed_rcu"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptDataError(f"{what} is missing or has a wrong field ({error})") from None
+
+
+def _shard_from_dict(document: dict[str, Any]) -> ShardEntry:
+    return ShardEntry(**{name: document[name] for name in ShardEntry.__dataclass_fields__})
+
+
+def check_format_version(document: dict[str, Any], what: str) -> None:
+    if document.get("format") != FORMAT_NAME:
+        raise CorruptDataError(f"{what} is not a ddbpipe export manifest")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CorruptDataError(f"{what} has no valid format_version")
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{what} is format version {version}; this ddbpipe reads up to {FORMAT_VERSION}: "
+            "upgrade ddbpipe"
+        )
+
+
+# --- the final manifests -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportManifest:
+    """The content of ``ddbpipe-manifest.json``."""
+
+    plan: ExportPlan
+    tool_version: str
+    end_time: str
+    consumed_rcu: float
+    shards: tuple[ShardEntry, ...]
+
+    @property
+    def item_count(self) -> int:
+        return sum(shard.items for shard in self.shards)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(shard.stored_bytes for shard in self.shards)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(shard.raw_bytes for shard in self.shards)
+
+    @property
+    def has_aws_manifests(self) -> bool:
+        return self.plan.data_format == "ndjson"
+
+
+def encode_manifest(manifest: ExportManifest) -> bytes:
+    plan = asdict(manifest.plan)
+    table = plan.pop("table")
+    return _encode(
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "tool": {"name": "ddbpipe", "version": manifest.tool_version},
+            **plan,
+            "end_time": manifest.end_time,
+            "item_count": manifest.item_count,
+            "stored_bytes": manifest.stored_bytes,
+            "raw_bytes": manifest.raw_bytes,
+            "consumed_rcu": round(manifest.consumed_rcu, 3),
+            "snapshot_note": SNAPSHOT_NOTE,
+            "aws_manifests": manifest.has_aws_manifests,
+            "table": table,
+            "shards": [asdict(shard) for shard in manifest.shards],
+        }
+    )
+
+
+def decode_manifest(data: bytes, what: str = MANIFEST_KEY) -> ExportManifest:
+    document = _decode(data, what)
+    check_format_version(document, what)
+    try:
+        plan = decode_plan(data, what)
+        shards = tuple(_shard_from_dict(s) for s in document["shards"])
+        manifest = ExportManifest(
+            plan=plan,
+            tool_version=str(document["tool"]["version"]),
+            end_time=str(document["end_time"]),
+            consumed_rcu=float(document["consumed_rcu"]),
+            shards=shards,
+        )
+        recorded_count = int(document["item_count"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptDataError(f"{what} is missing or has a wrong field ({error})") from None
+    if recorded_count != manifest.item_count:
+        raise CorruptDataError(
+            f"{what} records item_count {recorded_count} but its shards add up to "
+            f"{manifest.item_count}"
+        )
+    return manifest
+
+
+def md5_base64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+
+
+def aws_manifest_files(manifest: ExportManifest, root_key: Any) -> bytes:
+    """manifest-files.json: one JSON object per line, keys from the bucket root."""
+    lines = [
+        msgspec.json.encode(
+            {
+                "itemCount": shard.items,
+                "md5Checksum": shard.md5,
+                "etag": shard.etag,
+                "dataFileS3Key": root_key(shard.key),
+            }
+        )
+        for shard in manifest.shards
+    ]
+    return b"".join(line + b"\n" for line in lines)
+
+
+def aws_manifest_summary(manifest: ExportManifest, bucket: str | None, root_key: Any) -> bytes:
+    plan = manifest.plan
+    files_key = root_key(AWS_FILES_KEY)
+    prefix = files_key[: -len(AWS_FILES_KEY)]
+    return msgspec.json.encode(
+        {
+            "version": AWS_MANIFEST_VERSION,
+            "exportArn": f"{plan.table_arn}/export/{plan.export_id}",
+            "startTime": plan.start_time,
+            "endTime": manifest.end_time,
+            "tableArn": plan.table_arn,
+            "tableId": plan.table_id,
+            # A Scan has no single export time; the start is the earliest a write can be missed.
+            "exportTime": plan.start_time,
+            "s3Bucket": bucket,
+            "s3Prefix": prefix or None,
+            "s3SseAlgorithm": None,
+            "s3SseKmsKeyId": None,
+            "manifestFilesS3Key": files_key,
+            "billedSizeBytes": manifest.raw_bytes,
+            "itemCount": manifest.item_count,
+            "outputFormat": "DYNAMODB_JSON",
+        }
+    )
+
+
+def final_documents(
+    manifest: ExportManifest, bucket: str | None, root_key: Any
+) -> list[tuple[str, bytes]]:
+    """The closing documents, in the order they must be written: ours last (commit point)."""
+    documents: list[tuple[str, bytes]] = []
+    if manifest.has_aws_manifests:
+        files = aws_manifest_files(manifest, root_key)
+        summary = aws_manifest_summary(manifest, bucket, root_key)
+        documents += [
+            (AWS_FILES_KEY, files),
+            (AWS_FILES_MD5_KEY, md5_base64(files).encode("ascii")),
+            (AWS_SUMMARY_KEY, summary),
+            (AWS_SUMMARY_MD5_KEY, md5_base64(summary).encode("ascii")),
+        ]
+    documents.append((MANIFEST_KEY, encode_manifest(manifest)))
+    return documents
+
+
+# --- the table description we keep ---------------------------------------------------------
+
+
+def _throughput(description: dict[str, Any] | None) -> dict[str, int] | None:
+    if not description:
+        return None
+    read, write = description.get("ReadCapacityUnits"), description.get("WriteCapacityUnits")
+    if not read and not write:
+        return None
+    return {"ReadCapacityUnits": int(read or 0), "WriteCapacityUnits": int(write or 0)}
+
+
+def _index(description: dict[str, Any], billing_mode: str) -> dict[str, Any]:
+    index: dict[str, Any] = {
+        "IndexName": description["IndexName"],
+        "KeySchema": description["KeySchema"],
+        "Projection": description["Projection"],
+    }
+    throughput = _throughput(description.get("ProvisionedThroughput"))
+    if billing_mode == "PROVISIONED" and throughput:
+        index["ProvisionedThroughput"] = throughput
+    if description.get("OnDemandThroughput"):
+        index["OnDemandThroughput"] = description["OnDemandThroughput"]
+    return index
+
+
+def table_schema(
+    description: dict[str, Any],
+    time_to_live: dict[str, Any] | None,
+    tags: list[dict[str, str]] | None,
+) -> dict[str, Any]:
+    """What it takes to recreate the table, in CreateTable's request shape (plus TTL/tags).
+
+    Secondary indexes keep their projections and capacities; ``TimeToLive`` and ``Tags`` are
+    applied after CreateTable by a restore. ``None`` means the export could not read them.
+    """
+    billing_mode = (description.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED")
+    schema: dict[str, Any] = {
+        "TableName": description["TableName"],
+        "KeySchema": description["KeySchema"],
+        "AttributeDefinitions": description["AttributeDefinitions"],
+        "BillingMode": billing_mode,
+    }
+    throughput = _throughput(description.get("ProvisionedThroughput"))
+    if billing_mode == "PROVISIONED" and throughput:
+        schema["ProvisionedThroughput"] = throughput
+    if description.get("OnDemandThroughput"):
+        schema["OnDemandThroughput"] = description["OnDemandThroughput"]
+    local_indexes = description.get("LocalSecondaryIndexes") or []
+    global_indexes = description.get("GlobalSecondaryIndexes") or []
+    if local_indexes:
+        schema["LocalSecondaryIndexes"] = [_index(i, billing_mode) for i in local_indexes]
+    if global_indexes:
+        schema["GlobalSecondaryIndexes"] = [_index(i, billing_mode) for i in global_indexes]
+    if description.get("StreamSpecification"):
+        schema["StreamSpecification"] = description["StreamSpecification"]
+    sse = description.get("SSEDescription")
+    if sse and sse.get("Status") in ("ENABLED", "ENABLING", "UPDATING"):
+        schema["SSESpecification"] = {"Enabled": True, "SSEType": sse.get("SSEType", "KMS")}
+        if sse.get("KMSMasterKeyArn"):
+            schema["SSESpecification"]["KMSMasterKeyId"] = sse["KMSMasterKeyArn"]
+    if description.get("TableClassSummary", {}).get("TableClass"):
+        schema["TableClass"] = description["TableClassSummary"]["TableClass"]
+    if "DeletionProtectionEnabled" in description:
+        schema["DeletionProtectionEnabled"] = description["DeletionProtectionEnabled"]
+    schema["TimeToLive"] = _time_to_live(time_to_live)
+    schema["Tags"] = tags
+    schema["ItemCountEstimate"] = int(description.get("ItemCount", 0))
+    schema["SizeBytesEstimate"] = int(description.get("TableSizeBytes", 0))
+    return schema
+
+
+def _time_to_live(description: dict[str, Any] | None) -> dict[str, Any] | None:
+    if description is None:
+        return None
+    status = description.get("TimeToLiveStatus", "DISABLED")
+    return {
+        "Enabled": status in ("ENABLED", "ENABLING"),
+        "AttributeName": description.get("AttributeName"),
+    }
+
+
+def key_attributes(description: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """[(name, type)] of the table's keys, hash key first."""
+    types = {d["AttributeName"]: d["AttributeType"] for d in description["AttributeDefinitions"]}
+    ordered = sorted(description["KeySchema"], key=lambda k: k["KeyType"] != "HASH")
+    return tuple((k["AttributeName"], types[k["AttributeName"]]) for k in ordered)
