@@ -18,7 +18,8 @@ the one line the user sees (it names the table, bucket, file or option, and what
         │   └── BucketNotFoundError   NoSuchBucket
         ├── StorageError              a local path or object is missing or unusable
         ├── DestinationExistsError    DEST already holds a finished export (archives are write-once)
-        ├── ResumeError               --resume on a DEST that holds no matching unfinished export
+        ├── ResumeError               --resume with nothing (or something else) to resume
+        ├── SchemaMismatchError       the target table's keys are not the source's keys
         ├── CorruptDataError          checksum mismatch, undecodable shard, malformed manifest
         └── FormatVersionError        a manifest written by a newer, unknown format version
 """
@@ -36,6 +37,7 @@ __all__ = [
     "DestinationExistsError",
     "FormatVersionError",
     "ResumeError",
+    "SchemaMismatchError",
     "ServiceUnavailableError",
     "StorageError",
     "TableNotFoundError",
@@ -122,6 +124,10 @@ class DestinationExistsError(TerminalError):
 
 class ResumeError(TerminalError):
     """``--resume`` found nothing to resume, or state from a different export."""
+
+
+class SchemaMismatchError(TerminalError):
+    """The target table's key schema differs from the source's; nothing is written."""
 
 
 class CorruptDataError(TerminalError):

@@ -8,8 +8,6 @@ raw Scan page -> items sliced out of the reply bytes -> shard writer -> store ->
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,12 +141,8 @@ class _SegmentScan:
         key = shard_key(
             self.task.segment, self.checkpoint.next_seq, self.task.format, self.task.compression
         )
-        try:
-            stored = await self.res.store.put_file(key, finished.path, md5_hex=finished.md5_hex)
-        finally:
-            # put_file takes the file over; this only cleans up when it failed early.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(finished.path)
+        # put_file takes the temp file over: it is gone afterwards, stored or not.
+        stored = await self.res.store.put_file(key, finished.path, md5_hex=finished.md5_hex)
         entry = ShardEntry(
             key=key,
             segment=self.task.segment,

@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from typing import Any
 
+from ddbpipe import codec
+
 Item = dict[str, Any]
 
 BATCH_SIZE = 25  # BatchWriteItem's limit on requests per call
@@ -281,37 +283,9 @@ def to_wire_json(item: Item) -> str:
     return json.dumps(to_wire(item), separators=(",", ":"), ensure_ascii=False)
 
 
-def _number_size(text: str) -> int:
-    digits = text.lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
-    return (len(digits) + 1) // 2 + 1
-
-
-def _value_size(value: Any) -> int:
-    ((kind, inner),) = value.items()
-    if kind == "S":
-        return len(inner.encode("utf-8"))
-    if kind == "N":
-        return _number_size(inner)
-    if kind == "B":
-        return len(inner)
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(s.encode("utf-8")) for s in inner)
-    if kind == "NS":
-        return sum(_number_size(n) for n in inner)
-    if kind == "BS":
-        return sum(len(b) for b in inner)
-    if kind == "M":
-        return 3 + sum(len(k.encode("utf-8")) + _value_size(v) + 1 for k, v in inner.items())
-    if kind == "L":
-        return 3 + sum(_value_size(v) + 1 for v in inner)
-    raise ValueError(f"unknown DynamoDB type {kind!r}")
-
-
 def item_size(item: Item) -> int:
-    """DynamoDB's approximate billed size of an item in bytes (names + values)."""
-    return sum(len(name.encode("utf-8")) + _value_size(value) for name, value in item.items())
+    """DynamoDB's billed size of an item in bytes (names + values), by ddbpipe's own rule."""
+    return codec.item_size(to_wire(item))
 
 
 # --- Loading into DynamoDB ---------------------------------------------------------------
