@@ -38,6 +38,18 @@ def s3_server() -> Iterator[services.S3Server]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def capacity_simulator(dynamodb_local: services.DynamoDBLocal) -> Iterator[Any]:
+    """A throttling DynamoDB endpoint in front of DynamoDB Local; ``.configure(table, wcu=...)``.
+
+    Tables that are not configured pass straight through.
+    """
+    from tools.capacity_simulator import start_capacity_simulator
+
+    with start_capacity_simulator(dynamodb_local.endpoint) as simulator:
+        yield simulator
+
+
 @pytest.fixture
 def dynamodb_client(dynamodb_local: services.DynamoDBLocal) -> Any:
     import boto3
