@@ -176,9 +176,14 @@ def item_size(item: dict[str, Any]) -> int:
     Per attribute: name (UTF-8 bytes) + value, where a string is its UTF-8 bytes, a number
     1 byte per two significant digits + 1, a binary its raw (base64-decoded) bytes, BOOL/NULL
     1 byte, a list or map 3 bytes + its elements + 1 byte per element (a map element also
-    counts its name), and a set the sum of its members.
+    counts its name), and a set the sum of its members. A malformed item raises
+    ``CorruptDataError``.
     """
-    return sum(_utf8_len(name) + _value_size(value) for name, value in item.items())
+    try:
+        return sum(_utf8_len(name) + _value_size(value) for name, value in item.items())
+    # A value of the wrong JSON type ({"S": 1}, {"L": {}}) fails inside the size rules.
+    except (AttributeError, TypeError, ValueError) as error:
+        raise CorruptDataError(f"not a DynamoDB item ({error})") from None
 
 
 def _value_size(value: dict[str, Any]) -> int:

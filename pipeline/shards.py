@@ -297,15 +297,28 @@ def iter_shard_items(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
     """
     if key.endswith(".parquet"):
         return _parquet_items(chunks, key)
-    if key.endswith((".json.zst", ".json.zstd")):
-        return _ndjson_items(_zstd_stream(chunks, key), key)
-    if key.endswith(".json.gz"):
-        return _ndjson_items(_gzip_stream(chunks, key), key)
-    if key.endswith((".json", ".jsonl", ".ndjson")):
-        return _ndjson_items(iter(chunks), key)
+    if key.endswith(NDJSON_SUFFIXES):
+        return _ndjson_items(decompressed(chunks, key), key)
     raise CorruptDataError(
         f"{key}: unknown shard type; expected .json.zst, .json.gz, .json or .parquet"
     )
+
+
+#: NDJSON file names ddbpipe reads: ours, AWS's, and common names for JSON lines.
+NDJSON_SUFFIXES = tuple(
+    f"{stem}{compression}"
+    for stem in (".json", ".jsonl", ".ndjson")
+    for compression in ("", ".gz", ".zst", ".zstd")
+)
+
+
+def decompressed(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
+    """The decompressed bytes of a stored file, by its extension (.gz, .zst/.zstd, or none)."""
+    if key.endswith(".gz"):
+        return _gzip_stream(chunks, key)
+    if key.endswith((".zst", ".zstd")):
+        return _zstd_stream(chunks, key)
+    return iter(chunks)
 
 
 def _zstd_stream(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:

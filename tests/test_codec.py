@@ -420,3 +420,12 @@ def test_duckdb_reads_ndjson_shards(tmp_path: Path, compression: str) -> None:
     ).fetchall()
     expected = [(f"user#{k}", len(range(k, 500, 7)), sum(range(k, 500, 7))) for k in range(7)]
     assert [(pk.strip('"'), n, total) for pk, n, total in rows] == expected
+
+
+@pytest.mark.parametrize(
+    "item",
+    [{"a": {"S": 1}}, {"a": {"M": []}}, {"a": {"N": None}}, {"a": {"B": "!!"}}],
+)
+def test_item_size_of_a_malformed_item_is_corrupt_data(item: dict[str, Any]) -> None:
+    with pytest.raises(CorruptDataError):
+        item_size(item)
