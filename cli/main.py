@@ -25,10 +25,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ddbpipe.config import AwsOptions, Compression, ExportOptions, Format
+from ddbpipe.config import AwsOptions, Compression, ExportOptions, Format, ImportOptions
 from ddbpipe.errors import DdbpipeError
 from ddbpipe.export import run_export
 from ddbpipe.progress import JobProgress
+from ddbpipe.restore import run_import
 from ddbpipe.verify import run_verify
 
 app = typer.Typer(
@@ -133,7 +134,7 @@ def export(
 
     summary = _run(
         lambda: run_export(build_options(), progress),
-        lambda: _ExportDisplay(progress),
+        lambda: _JobDisplay("export", progress, _export_detail),
         interrupted_hint=f"continue with: ddbpipe export {table} {dest} --resume",
     )
     if json_output:
@@ -146,6 +147,94 @@ def export(
             f"({_mb(summary.raw_bytes)} of DynamoDB JSON), {summary.consumed_rcu:,.1f} RCU, "
             f"export id {summary.export_id}"
         )
+
+
+@app.command(name="import")
+def import_(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A ddbpipe export, an AWS export (the .../AWSDynamoDB/<ExportId>/ prefix; "
+            "full or incremental), or a folder of NDJSON files; local or s3://bucket/prefix."
+        ),
+    ],
+    table: Annotated[str, typer.Argument(help="The DynamoDB table to write into.")],
+    target_wcu: Annotated[
+        float | None,
+        typer.Option(
+            help="Write capacity units per second to hold (1 KB units, each item rounded up) "
+            "[default: the table's provisioned WCU; 4000 for on-demand tables]. Lowered "
+            "automatically while DynamoDB throttles.",
+        ),
+    ] = None,
+    create_table: Annotated[
+        bool,
+        typer.Option(help="Create TABLE (which must not exist) from the export's saved schema; "
+                     "GSIs are added after the data is loaded."),
+    ] = False,
+    without_indexes: Annotated[
+        bool, typer.Option(help="With --create-table: do not add the GSIs.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue a killed import from its checkpoint file.")
+    ] = False,
+    dead_letter: Annotated[
+        str | None,
+        typer.Option(help="Where items that cannot be written go, one JSON line each with the "
+                     "reason [default: ddbpipe-import-TABLE.dead-letter.jsonl]."),
+    ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="The import's checkpoint file, removed when the import finishes "
+                     "[default: ddbpipe-import-TABLE.checkpoint.json]."),
+    ] = None,
+    json_output: JsonOutput = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+    s3_endpoint_url: S3EndpointUrl = None,
+) -> None:
+    """Write SOURCE's items into TABLE at a steady rate, backing off when DynamoDB throttles.
+
+    Nothing is dropped: items that cannot be written go to the dead-letter file and the exit
+    code is 1. Example: ddbpipe import s3://archive/orders/2026-11-23 orders-copy --create-table
+    """
+    aws = AwsOptions(
+        region=region, profile=profile, endpoint_url=endpoint_url, s3_endpoint_url=s3_endpoint_url
+    )
+    progress = JobProgress()
+
+    def build_options() -> ImportOptions:
+        return ImportOptions(
+            source=source, table=table, target_wcu=target_wcu, create_table=create_table,
+            without_indexes=without_indexes, resume=resume, dead_letter=dead_letter,
+            checkpoint=checkpoint, aws=aws,
+        )
+
+    summary = _run(
+        lambda: run_import(build_options(), progress),
+        lambda: _JobDisplay("import", progress, _import_detail),
+        interrupted_hint=f"continue with: ddbpipe import {source} {table} --resume",
+    )
+    if json_output:
+        print(json.dumps(summary.to_dict()))
+    else:
+        stderr.print(
+            f"imported {summary.items_written:,} of {summary.items_read:,} items into "
+            f"{summary.table} in {summary.seconds:.1f} s "
+            f"({summary.items_written / max(summary.seconds, 1e-9):,.0f} items/s): "
+            f"{summary.consumed_wcu:,.0f} WCU at a target of {summary.target_wcu:,.0f} WCU/s, "
+            f"{summary.throttled_requests:,} throttled requests"
+            + (f", indexes added: {', '.join(summary.indexes_added)}"
+               if summary.indexes_added else ""),
+            highlight=False,
+        )
+    if summary.items_dead_lettered:
+        stderr.print(
+            f"error: {summary.items_dead_lettered:,} items could not be written; they are in "
+            f"{summary.dead_letter} with the reasons", highlight=False, markup=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -187,29 +276,44 @@ def verify(
 # --- running a job -----------------------------------------------------------------------------
 
 
-class _ExportDisplay:
+def _export_detail(p: JobProgress) -> str:
+    return (
+        f"{p.items:,} items  {_mb(p.raw_bytes)}  {p.items_per_second:,.0f} items/s  "
+        f"{p.capacity_per_second:,.1f} RCU/s  segments {p.segments_done}/{p.segments_total}"
+    )
+
+
+def _import_detail(p: JobProgress) -> str:
+    return (
+        f"{p.items:,} written  {p.dead_lettered:,} dead-lettered  "
+        f"{p.capacity_per_second:,.0f} WCU/s of {p.target_rate:,.0f}  "
+        f"{p.throttles / p.elapsed:,.1f} throttles/s  files {p.files_done}/{p.files_total}"
+    )
+
+
+class _JobDisplay:
     """A rich progress bar on a terminal; a plain log line every few seconds otherwise."""
 
-    def __init__(self, progress: JobProgress, every: float = 5.0) -> None:
+    def __init__(
+        self, label: str, progress: JobProgress, detail: Callable[[JobProgress], str],
+        every: float = 5.0,
+    ) -> None:
         self.progress = progress
+        self.describe = detail
         self.every = every
         self.last_line = time.monotonic()  # the first line after `every` seconds, not at once
         self.bar: Progress | None = None
         if stderr.is_terminal:
             self.bar = Progress(
-                TextColumn("[bold]export"), BarColumn(), TaskProgressColumn(),
+                TextColumn(f"[bold]{label}"), BarColumn(), TaskProgressColumn(),
                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
                 TimeRemainingColumn(), console=stderr, transient=False,
             )
-            self.task = self.bar.add_task("export", total=None, detail="")
+            self.task = self.bar.add_task(label, total=None, detail="")
             self.bar.start()
 
     def detail(self) -> str:
-        p = self.progress
-        return (
-            f"{p.items:,} items  {_mb(p.raw_bytes)}  {p.items_per_second:,.0f} items/s  "
-            f"{p.capacity_per_second:,.1f} RCU/s  segments {p.segments_done}/{p.segments_total}"
-        )
+        return self.describe(self.progress)
 
     def update(self) -> None:
         p = self.progress

@@ -7,13 +7,17 @@ The public API is what ``__all__`` lists; everything else is internal and may ch
     >>> report = ddbpipe.verify_export("s3://archive/orders/2026-11-23", read_data=True)
     >>> report.ok
     True
+    >>> result = ddbpipe.import_table("s3://archive/orders/2026-11-23", "orders-copy",
+    ...                               create_table=True, target_wcu=2000)
+    >>> result.items_read == result.items_written + result.items_dead_lettered
+    True
 """
 
 from __future__ import annotations
 
 import asyncio as _asyncio
 
-from .config import AwsOptions, ExportOptions
+from .config import AwsOptions, ExportOptions, ImportOptions
 from .config import Compression as _Compression
 from .config import Format as _Format
 from .errors import (
@@ -27,6 +31,7 @@ from .errors import (
     DestinationExistsError,
     FormatVersionError,
     ResumeError,
+    SchemaMismatchError,
     ServiceUnavailableError,
     StorageError,
     TableNotFoundError,
@@ -37,6 +42,8 @@ from .errors import (
 from .export import ExportSummary
 from .export import run_export as _run_export
 from .progress import JobProgress
+from .restore import ImportSummary
+from .restore import run_import as _run_import
 from .verify import VerifyReport
 from .verify import run_verify as _run_verify
 
@@ -53,8 +60,11 @@ __all__ = [
     "ExportOptions",
     "ExportSummary",
     "FormatVersionError",
+    "ImportOptions",
+    "ImportSummary",
     "JobProgress",
     "ResumeError",
+    "SchemaMismatchError",
     "ServiceUnavailableError",
     "StorageError",
     "TableNotFoundError",
@@ -63,6 +73,7 @@ __all__ = [
     "TransientError",
     "VerifyReport",
     "export_table",
+    "import_table",
     "verify_export",
 ]
 
@@ -128,3 +139,47 @@ def verify_export(
     """
     aws = AwsOptions(region=region, profile=profile, s3_endpoint_url=s3_endpoint_url)
     return _asyncio.run(_run_verify(source, read_data=read_data, aws=aws))
+
+
+def import_table(
+    source: str,
+    table: str,
+    *,
+    target_wcu: float | None = None,
+    create_table: bool = False,
+    without_indexes: bool = False,
+    resume: bool = False,
+    dead_letter: str | None = None,
+    checkpoint: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    s3_endpoint_url: str | None = None,
+    progress: JobProgress | None = None,
+) -> ImportSummary:
+    """Write the items of ``source`` into ``table`` at ``target_wcu`` write units per second.
+
+    ``source`` is a ddbpipe export, an AWS-native export (full or incremental), or a folder
+    of NDJSON files, local or ``s3://``. Items that cannot be written after the retry deadline
+    go to the ``dead_letter`` file and are counted in the summary; nothing is dropped
+    silently. Raises a ``TerminalError`` subclass, before writing anything, for a bad source, a
+    missing table (without ``create_table``) or a key-schema mismatch. A killed import continues
+    with ``resume=True``.
+    """
+    options = ImportOptions(
+        source=source,
+        table=table,
+        target_wcu=target_wcu,
+        create_table=create_table,
+        without_indexes=without_indexes,
+        resume=resume,
+        dead_letter=dead_letter,
+        checkpoint=checkpoint,
+        aws=AwsOptions(
+            region=region,
+            profile=profile,
+            endpoint_url=endpoint_url,
+            s3_endpoint_url=s3_endpoint_url,
+        ),
+    )
+    return _asyncio.run(_run_import(options, progress))

@@ -96,3 +96,49 @@ class ExportOptions:
 
 def default_shard_bytes(format: str) -> int:
     return DEFAULT_PARQUET_SHARD_BYTES if format == "parquet" else DEFAULT_SHARD_BYTES
+
+
+#: --target-wcu for an on-demand table when none is given: what AWS says a new on-demand
+#: table serves at once. The adaptive controller lowers it if the table throttles.
+DEFAULT_ON_DEMAND_WCU = 4000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportOptions:
+    """Everything ``import_table`` needs to know; validated on construction.
+
+    ``checkpoint`` and ``dead_letter`` are local files; by default
+    ``ddbpipe-import-<table>.checkpoint.json`` and ``ddbpipe-import-<table>.dead-letter.jsonl``
+    in the current directory (the dead-letter file only appears if an item is dead-lettered).
+    """
+
+    source: str
+    table: str
+    target_wcu: float | None = None
+    create_table: bool = False
+    without_indexes: bool = False
+    resume: bool = False
+    dead_letter: str | None = None
+    checkpoint: str | None = None
+    concurrency: int = 16
+    open_files: int = 8
+    retry_deadline: float = 15 * 60.0
+    aws: AwsOptions = field(default_factory=AwsOptions)
+
+    def __post_init__(self) -> None:
+        if self.target_wcu is not None and self.target_wcu <= 0:
+            raise ConfigError(f"--target-wcu must be a positive number, not {self.target_wcu}")
+        if self.without_indexes and not self.create_table:
+            raise ConfigError("--without-indexes goes with --create-table")
+        if self.concurrency < 1 or self.open_files < 1:
+            raise ConfigError("concurrency and open files must be at least 1")
+        if self.retry_deadline <= 0:
+            raise ConfigError(f"the retry deadline must be positive, not {self.retry_deadline}")
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.checkpoint or f"ddbpipe-import-{self.table}.checkpoint.json"
+
+    @property
+    def dead_letter_path(self) -> str:
+        return self.dead_letter or f"ddbpipe-import-{self.table}.dead-letter.jsonl"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class JobProgress:
-    """Counters of an export (and, later, an import)."""
+    """Counters of an export or an import (capacity is RCU for one, WCU for the other)."""
 
     segments_total: int = 0
     segments_done: int = 0
@@ -22,6 +22,12 @@ class JobProgress:
     shards: int = 0
     consumed_capacity: float = 0.0
     throttles: int = 0
+    #: Import only: files fully written, items given up on, the write rate aimed at now.
+    files_total: int = 0
+    files_done: int = 0
+    dead_lettered: int = 0
+    target_rate: float = 0.0
+    current_rate: float = 0.0
     #: DynamoDB's estimate of the table's item count (refreshed about every 6 hours by AWS).
     items_estimate: int = 0
     started: float = field(default_factory=time.monotonic)

@@ -149,8 +149,9 @@ async def _open_ddbpipe_export(store: ObjectStore) -> ImportSource:
         )
         for shard in manifest.shards
     )
-    stored = {info.key for info in await store.list(DATA_PREFIX)}
-    _check_present(store, MANIFEST_KEY, [file.key for file in files], stored)
+    listed = {info.key: info.size for info in await store.list(DATA_PREFIX)}
+    _check_present(store, MANIFEST_KEY, [file.key for file in files], set(listed))
+    _check_sizes(store, files, listed)
     plan = manifest.plan
     return ImportSource(
         url=store.url,
@@ -173,6 +174,16 @@ def _check_present(
             f"{_where(store, missing[0])}{more} is listed in {manifest_key} but missing: "
             "the export is incomplete"
         )
+
+
+def _check_sizes(store: ObjectStore, files: Iterable[SourceFile], listed: dict[str, int]) -> None:
+    """A cut-off or replaced shard is found before the import writes anything."""
+    for file in files:
+        if file.size is not None and listed[file.key] != file.size:
+            raise CorruptDataError(
+                f"{_where(store, file.key)}: {listed[file.key]:,} bytes, the manifest records "
+                f"{file.size:,} (the file changed or is cut off); nothing was imported"
+            )
 
 
 # --- AWS-native exports ---------------------------------------------------------------------

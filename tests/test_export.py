@@ -295,5 +295,6 @@ def test_public_api_is_what_all_lists() -> None:
         assert getattr(ddbpipe, name) is not None
     public_module_names = {n for n in vars(ddbpipe) if not n.startswith("_")}
     submodules = {"annotations", "config", "errors", "export", "progress", "verify", "codec",
-                  "dynamo", "manifest", "ratelimit", "scan", "shards", "storage"}
+                  "dynamo", "manifest", "ratelimit", "scan", "shards", "storage", "restore",
+                  "records", "sources", "tables", "batching", "writer", "import_state"}
     assert public_module_names - submodules == exported

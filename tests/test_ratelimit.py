@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
-from ddbpipe.ratelimit import ManualClock, SystemClock, TokenBucket
+from ddbpipe.ratelimit import AdaptiveRate, ManualClock, SystemClock, TokenBucket
 
 
 def units_through_in(bucket: TokenBucket, clock: ManualClock, seconds: float, unit: float) -> float:
@@ -186,3 +189,169 @@ def test_system_clock_is_real_time() -> None:
     before = clock.monotonic()
     asyncio.run(clock.sleep(0))
     assert clock.monotonic() >= before
+
+
+# --- AdaptiveRate ----------------------------------------------------------------------------
+
+
+def test_adaptive_rate_starts_at_the_target_and_drives_the_bucket() -> None:
+    clock = ManualClock()
+    bucket = TokenBucket(1, clock=clock)
+    controller = AdaptiveRate(400, clock=clock, bucket=bucket)
+    assert controller.rate == 400
+    controller.attach(bucket)
+    assert bucket.rate == 400
+    controller.on_throttle()
+    assert bucket.rate == pytest.approx(280)
+
+
+def test_a_burst_of_throttles_within_the_cooldown_is_one_cut() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(1000, clock=clock, cooldown=1.0)
+    assert controller.on_throttle()
+    for _ in range(50):  # every in-flight batch of the same congestion event reports it
+        clock.advance(0.01)
+        assert not controller.on_throttle()
+    assert controller.rate == pytest.approx(700)
+    assert controller.cuts == 1
+    clock.advance(0.6)  # 1.1 s after the first cut: a new congestion event
+    controller.on_success()
+    before = controller.rate
+    assert controller.on_throttle()
+    assert controller.rate == pytest.approx(0.7 * before)
+    assert controller.cuts == 2
+
+
+def test_the_rate_holds_through_the_cooldown_then_recovers_to_the_target() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(1000, clock=clock)
+    controller.on_throttle()
+    clock.advance(0.9)
+    controller.on_success(25)
+    assert controller.rate == pytest.approx(700)
+    rates = []
+    for _ in range(100):
+        clock.advance(0.1)
+        controller.on_success(25)
+        rates.append(controller.rate)
+    assert rates == sorted(rates), "without throttles the rate only grows"
+    assert rates[-1] == 1000
+    # Concave towards the rate that throttled: it spends time near it before going on.
+    assert 650 < rates[20] < 1000
+
+
+def test_the_rate_stays_between_floor_and_target() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(500, clock=clock)
+    assert controller.floor == 5
+    for _ in range(100):
+        controller.on_throttle()
+        clock.advance(1.0)
+        assert 5 <= controller.rate <= 500
+    assert controller.rate == 5
+    for _ in range(600):
+        clock.advance(1.0)
+        controller.on_success()
+        assert controller.rate <= 500
+    assert controller.rate == 500
+    assert AdaptiveRate(50, clock=clock).floor == 1
+    assert AdaptiveRate(50, clock=clock, floor=10).floor == 10
+
+
+def test_adaptive_rate_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        AdaptiveRate(0)
+    with pytest.raises(ValueError):
+        AdaptiveRate(100, beta=1.0)
+
+
+# --- the fluid model behind choosing CUBIC over AIMD (numbers in AdaptiveRate's docstring) ----
+
+
+class AimdRate(AdaptiveRate):
+    """The alternative: after the cooldown, grow linearly by ``increase * target`` per second."""
+
+    def __init__(self, target: float, *, clock: ManualClock, increase: float = 0.05) -> None:
+        super().__init__(target, clock=clock)
+        self.increase = increase
+
+    def rate_after(self, seconds_since_cut: float) -> float:
+        return self.beta * self._w_max + self.increase * self.target * seconds_since_cut
+
+
+@dataclass
+class FluidOutcome:
+    utilisation: float  # written / capacity while the capacity is below the target
+    throttle_ratio: float  # throttled / sent over the same window
+    seconds_to_fit: float  # until the rate first fits under the capacity
+    seconds_to_recover: float  # after the capacity returns, until 95% of the target
+
+
+def fluid_model(
+    make: Callable[[float, ManualClock], AdaptiveRate],
+    *,
+    target: float = 1000.0,
+    capacity: float,
+    capacity_back_at: float = 80.0,
+    seconds: float = 140.0,
+    feedback_delay: float = 0.1,
+    step: float = 0.01,
+) -> FluidOutcome:
+    """Send at the controller's rate into a table that accepts ``capacity`` units/s (the rest
+    throttles); each step's outcome reaches the controller ``feedback_delay`` later."""
+    clock = ManualClock()
+    controller = make(target, clock)
+    in_flight: deque[tuple[float, bool]] = deque()
+    sent = written = offered = 0.0
+    fit_at = recovered_at = None
+    now = 0.0
+    while now < seconds:
+        available = target if now >= capacity_back_at else capacity
+        rate = controller.rate
+        if fit_at is None and rate <= capacity:
+            fit_at = now
+        if recovered_at is None and now >= capacity_back_at and rate >= 0.95 * target:
+            recovered_at = now - capacity_back_at
+        if 20.0 <= now < capacity_back_at:
+            sent += rate * step
+            written += min(rate, available) * step
+            offered += available * step
+        in_flight.append((now + feedback_delay, rate > available))
+        clock.advance(step)
+        now += step
+        while in_flight and in_flight[0][0] <= now + 1e-9:
+            _, throttled = in_flight.popleft()
+            if throttled:
+                controller.on_throttle()
+            else:
+                controller.on_success()
+    assert fit_at is not None and recovered_at is not None
+    return FluidOutcome(written / offered, (sent - written) / sent, fit_at, recovered_at)
+
+
+def cubic(target: float, clock: ManualClock) -> AdaptiveRate:
+    return AdaptiveRate(target, clock=clock)
+
+
+def aimd(target: float, clock: ManualClock) -> AdaptiveRate:
+    return AimdRate(target, clock=clock, increase=0.05)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "cubic_utilisation", "aimd_utilisation"),
+    [(700, 0.874, 0.830), (400, 0.866, 0.818), (100, 0.843, 0.794), (30, 0.821, 0.839)],
+)
+def test_fluid_model_cubic_against_aimd(
+    capacity: float, cubic_utilisation: float, aimd_utilisation: float
+) -> None:
+    with_cubic = fluid_model(cubic, capacity=capacity)
+    with_aimd = fluid_model(aimd, capacity=capacity)
+    assert with_cubic.utilisation == pytest.approx(cubic_utilisation, abs=0.005)
+    assert with_aimd.utilisation == pytest.approx(aimd_utilisation, abs=0.005)
+    # Same multiplicative cut: both fit under the capacity equally fast.
+    assert with_cubic.seconds_to_fit == pytest.approx(with_aimd.seconds_to_fit)
+    assert with_cubic.throttle_ratio < 0.001
+    assert with_cubic.throttle_ratio <= with_aimd.throttle_ratio
+    # CUBIC regains the target in ~6 s whatever the gap; AIMD needs time proportional to it.
+    assert with_cubic.seconds_to_recover < 7.0
+    assert with_aimd.seconds_to_recover > 9.0

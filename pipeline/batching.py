@@ -1,0 +1,272 @@
+"""Turning record streams into BatchWriteItem batches that spread the load over partitions.
+
+- ``interleave`` merges several source streams round-robin. A sequential Scan returns items
+  partition by partition, so replaying one export file in order heats one partition at a
+  time; reading several files at once and alternating between them spreads the writes.
+- ``BatchBuilder`` groups records into batches DynamoDB accepts (at most 25 requests and
+  16 MB, never two requests for one key) while keeping the writes of each key in order, also
+  across retries: a key's next record waits until its previous one is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .records import WriteRecord
+
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBuilder", "Key", "interleave"]
+
+#: DynamoDB's BatchWriteItem limits.
+MAX_BATCH_REQUESTS = 25
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+#: A record's key: one hashable value per key attribute (partition key first).
+Key = tuple[Hashable, ...]
+
+T = TypeVar("T")
+
+
+# --- interleaving streams -------------------------------------------------------------------
+
+
+class _OpenStream(Generic[T]):
+    """One open stream: the chunk being handed out and the fetch of the next one."""
+
+    def __init__(self, chunks: AsyncIterator[list[T]]) -> None:
+        self.chunks = chunks
+        self.chunk: deque[T] = deque()
+        self.ended = False
+        self.fetch: asyncio.Task[list[T]] = asyncio.ensure_future(anext(chunks))
+
+    def take(self, count: int) -> list[T]:
+        """Up to ``count`` records in hand, refilling from a finished fetch first."""
+        if not self.chunk and self.fetch.done():
+            self._receive()
+        return [self.chunk.popleft() for _ in range(min(count, len(self.chunk)))]
+
+    @property
+    def waiting(self) -> bool:
+        return not self.chunk and not self.ended
+
+    def _receive(self) -> None:
+        try:
+            self.chunk.extend(self.fetch.result())
+        except StopAsyncIteration:
+            self.ended = True
+            return
+        # One chunk ahead, so a slow read overlaps with handing out this one.
+        self.fetch = asyncio.ensure_future(anext(self.chunks))
+
+    async def close(self) -> None:
+        self.fetch.cancel()
+        with contextlib.suppress(BaseException):
+            await self.fetch
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+async def interleave(
+    streams: Iterable[AsyncIterator[list[T]]], *, width: int = 8, per_turn: int = 5
+) -> AsyncIterator[T]:
+    """Yield the records of several streams of record lists, ``per_turn`` from each in turn.
+
+    At most ``width`` streams are open at once; when one ends the next is taken from
+    ``streams``, which may be a lazy generator that opens each file only when asked. A stream
+    whose next chunk is not read yet is skipped for that turn, so one slow file does not stall
+    the others. Memory: at most two chunks per open stream (the one in hand, one read ahead).
+    An error from any stream ends the merge with that error.
+    """
+    if width < 1 or per_turn < 1:
+        raise ValueError("width and per_turn must be at least 1")
+    upcoming = iter(streams)
+    open_streams: list[_OpenStream[T]] = []
+    try:
+        _open_more(open_streams, upcoming, width)
+        while open_streams:
+            handed_out = False
+            for stream in list(open_streams):
+                records = stream.take(per_turn)
+                for record in records:
+                    yield record
+                handed_out = handed_out or bool(records)
+                if stream.ended:
+                    open_streams.remove(stream)
+                    _open_more(open_streams, upcoming, width)
+            if not handed_out and open_streams and all(s.waiting for s in open_streams):
+                await asyncio.wait(
+                    [s.fetch for s in open_streams], return_when=asyncio.FIRST_COMPLETED
+                )
+    finally:
+        for stream in open_streams:
+            await stream.close()
+
+
+def _open_more(
+    open_streams: list[_OpenStream[T]], upcoming: Iterator[AsyncIterator[list[T]]], width: int
+) -> None:
+    while len(open_streams) < width:
+        chunks = next(upcoming, None)
+        if chunks is None:
+            return
+        open_streams.append(_OpenStream(chunks))
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+class BatchBuilder:
+    """Collects records into BatchWriteItem batches; keeps each key's writes in order.
+
+    ``add`` queues a record. ``take`` hands out the next batch: at most ``max_requests``
+    records and ``max_bytes`` of item size, one record per key, each key's records in the
+    order they were added. A key stays *busy* from the moment its record is taken until the
+    caller says the write is over: ``finish(record)`` (written, or given up) lets the key's
+    next record go; ``retry(record)`` puts the record back first in line for its key. So a
+    retried put can never land after a later write of the same key and undo it.
+
+    ``key_attributes`` are the table's key attribute names, partition key first.
+    """
+
+    def __init__(
+        self,
+        key_attributes: Sequence[str],
+        *,
+        max_requests: int = MAX_BATCH_REQUESTS,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        if not key_attributes:
+            raise ValueError("key_attributes must name at least the partition key")
+        self.key_attributes = tuple(key_attributes)
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self._waiting: dict[Key, deque[WriteRecord]] = {}
+        # Keys whose next record may go now, grouped by partition key (a key's first value) so
+        # a partition held back by ``admit`` is skipped in one step, however many keys it has.
+        # Both levels are in the order they became ready.
+        self._ready: OrderedDict[Hashable, OrderedDict[Key, None]] = OrderedDict()
+        self._ready_count = 0
+        self._busy: set[Key] = set()
+        self._held = 0
+
+    def __len__(self) -> int:
+        """Records held here (not taken, or put back for a retry)."""
+        return self._held
+
+    @property
+    def ready(self) -> int:
+        """Records that could go into a batch now."""
+        return self._ready_count
+
+    @property
+    def busy(self) -> int:
+        """Keys with a record taken and not yet finished."""
+        return len(self._busy)
+
+    def key_of(self, record: WriteRecord) -> Key:
+        return tuple(_hashable(record.item.get(name)) for name in self.key_attributes)
+
+    def partition_key_of(self, record: WriteRecord) -> Hashable:
+        return _hashable(record.item.get(self.key_attributes[0]))
+
+    def add(self, record: WriteRecord) -> None:
+        key = self.key_of(record)
+        self._waiting.setdefault(key, deque()).append(record)
+        self._held += 1
+        if key not in self._busy:
+            self._make_ready(key)
+
+    def take(
+        self, *, partial: bool = True, admit: Callable[[WriteRecord], bool] | None = None
+    ) -> list[WriteRecord]:
+        """The next batch, or ``[]``; with ``partial=False`` only once a full batch is ready.
+
+        ``admit`` may hold a record back (e.g. its partition key is over its rate): it stays
+        first in line for its key while other keys go ahead. Once ``admit`` refuses a record,
+        the other records of its partition key are not offered in this ``take``.
+        """
+        if not partial and self.ready < self.max_requests:
+            return []
+        chosen: list[Key] = []
+        size = 0
+        for keys in self._ready.values():
+            for key in keys:
+                record = self._waiting[key][0]
+                # A record too big on its own still goes, alone: DynamoDB's refusal names it.
+                if chosen and size + record.size > self.max_bytes:
+                    return self._take_heads(chosen)
+                if admit is not None and not admit(record):
+                    break
+                chosen.append(key)
+                size += record.size
+                if len(chosen) == self.max_requests:
+                    return self._take_heads(chosen)
+        return self._take_heads(chosen)
+
+    def finish(self, record: WriteRecord) -> None:
+        """The write of ``record`` is over (written or given up); its key's next may go."""
+        key = self.key_of(record)
+        self._busy.discard(key)
+        if key in self._waiting:
+            self._make_ready(key)
+
+    def retry(self, record: WriteRecord) -> None:
+        """Put a taken ``record`` back, ahead of its key's later records and of other keys."""
+        key = self.key_of(record)
+        self._busy.discard(key)
+        self._waiting.setdefault(key, deque()).appendleft(record)
+        self._held += 1
+        self._make_ready(key, first=True)
+
+    def _make_ready(self, key: Key, *, first: bool = False) -> None:
+        keys = self._ready.setdefault(key[0], OrderedDict())
+        if key not in keys:
+            keys[key] = None
+            self._ready_count += 1
+        if first:
+            keys.move_to_end(key, last=False)
+            self._ready.move_to_end(key[0], last=False)
+
+    def _take_heads(self, keys: list[Key]) -> list[WriteRecord]:
+        return [self._take_head(key) for key in keys]
+
+    def _take_head(self, key: Key) -> WriteRecord:
+        partition = self._ready[key[0]]
+        del partition[key]
+        if not partition:
+            del self._ready[key[0]]
+        self._ready_count -= 1
+        queue = self._waiting[key]
+        record = queue.popleft()
+        if not queue:
+            del self._waiting[key]
+        self._busy.add(key)
+        self._held -= 1
+        return record
+
+
+def _hashable(value: Any) -> Hashable:
+    """A key attribute value (``{"S": "a"}``) as a hashable; malformed ones by their JSON."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((tag, inner),) = value.items()
+        if tag == "N" and isinstance(inner, str):
+            # DynamoDB compares numbers by value: "1", "1.0" and "1E0" are one key.
+            return (tag, _normal_number(inner))
+        if isinstance(inner, str):
+            return (tag, inner)
+    return ("", msgspec.json.encode(value))
+
+
+def _normal_number(text: str) -> str:
+    try:
+        return str(Decimal(text).normalize())
+    except InvalidOperation:
+        return text

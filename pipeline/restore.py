@@ -1,0 +1,297 @@
+"""The import job: source files -> checked records -> rate-limited writer -> checkpoints.
+
+Before anything is written: the source is opened and its manifests validated, the target
+table is found (or created with ``create_table``) and its keys compared with the source's.
+Then several source files are read at once from different Scan segments and their records
+interleaved (scan order is partition order), each record is checked (key attributes, 400 KB),
+and the writer puts them at the adaptive rate. A file is checkpointed once every record of it
+is written or dead-lettered. GSIs of a table this import created come last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .batching import interleave
+from .config import DEFAULT_ON_DEMAND_WCU, ImportOptions
+from .dynamo import DynamoClient, RetryPolicy
+from .errors import ConfigError, TableNotFoundError
+from .import_state import DeadLetterFile, ImportCheckpoint
+from .manifest import key_attributes
+from .progress import JobProgress
+from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
+from .records import WriteRecord
+from .sources import ImportSource, SourceFile, check_record, open_source, read_records
+from .storage import ObjectStore, open_store
+from .tables import (
+    add_global_indexes,
+    check_key_schema,
+    create_table,
+    find_table,
+    provisioned_write_capacity,
+)
+from .writer import TableWriter
+
+log = logging.getLogger("ddbpipe.import")
+
+#: DynamoDB serves at most this many WCU/s for one partition-key value (one partition).
+PARTITION_KEY_WCU = 1000.0
+#: The global bucket holds at least one batch of 1 KB items.
+MIN_BURST_WCU = 25.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportSummary:
+    """What an import did; ``to_dict`` is the ``--json`` output.
+
+    ``items_read == items_written + items_dead_lettered`` always holds.
+    """
+
+    source: str
+    source_kind: str
+    table: str
+    items_read: int
+    items_written: int
+    items_dead_lettered: int
+    consumed_wcu: float
+    throttled_requests: int
+    unprocessed_items: int
+    target_wcu: float
+    seconds: float
+    files: int
+    created_table: bool
+    indexes_added: list[str]
+    dead_letter: str | None
+    resumed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run_import(options: ImportOptions, progress: JobProgress | None = None) -> ImportSummary:
+    """Run (or with ``options.resume`` continue) an import; see ``ddbpipe.import_table``."""
+    progress = progress or JobProgress()
+    started = time.monotonic()
+    store = open_store(options.source, options.aws)
+    try:
+        source = await open_source(store)
+        async with DynamoClient.open(options.aws) as control:
+            target, created = await _target_table(control, options, source)
+            table_keys = key_attributes(target)
+            check_key_schema(options.table, table_keys, source.key_attributes)
+            target_wcu = _choose_target_wcu(options, target)
+            checkpoint = _open_checkpoint(options, store, source)
+            run = _ImportRun(options, source, store, checkpoint, progress, table_keys)
+            await run.write_all(target_wcu)
+            indexes = []
+            if created and not options.without_indexes and source.table_schema:
+                indexes = await add_global_indexes(
+                    control, options.table, source.table_schema,
+                    on_index=lambda name: log.info("adding index %s to %s", name, options.table),
+                )
+    finally:
+        await store.close()
+    checkpoint.remove()
+    return ImportSummary(
+        source=store.url,
+        source_kind=source.kind,
+        table=options.table,
+        items_read=run.items_read,
+        items_written=run.items_written,
+        items_dead_lettered=run.dead_letter.count,
+        consumed_wcu=round(run.consumed_wcu, 3),
+        throttled_requests=run.throttled_requests,
+        unprocessed_items=run.unprocessed_items,
+        target_wcu=target_wcu,
+        seconds=round(time.monotonic() - started, 3),
+        files=len(source.files),
+        created_table=created,
+        indexes_added=indexes,
+        dead_letter=str(run.dead_letter.path) if run.dead_letter.count else None,
+        resumed=options.resume,
+    )
+
+
+# --- before writing ----------------------------------------------------------------------------
+
+
+async def _target_table(
+    client: DynamoClient, options: ImportOptions, source: ImportSource
+) -> tuple[dict[str, Any], bool]:
+    """The target's description, and whether this import created it."""
+    existing = await find_table(client, options.table)
+    if existing is not None:
+        if options.create_table and not options.resume:
+            raise ConfigError(
+                f"table '{options.table}' already exists and --create-table only creates new "
+                "tables: drop --create-table to import into it"
+            )
+        return existing, False
+    if not options.create_table:
+        raise TableNotFoundError(
+            f"table '{options.table}' not found in region {client.region}: create it, or pass "
+            "--create-table to create it from the export's saved schema",
+            service="dynamodb", action="DescribeTable", code="ResourceNotFoundException",
+            resource=options.table,
+        )
+    if not source.table_schema:
+        raise ConfigError(
+            f"--create-table needs a saved table schema, which only ddbpipe exports carry "
+            f"({source.url} is {source.kind}): create table '{options.table}' first"
+        )
+    log.info("creating table %s from the export's schema", options.table)
+    return await create_table(client, options.table, source.table_schema), True
+
+
+def _choose_target_wcu(options: ImportOptions, target: dict[str, Any]) -> float:
+    if options.target_wcu:
+        return options.target_wcu
+    provisioned = provisioned_write_capacity(target)
+    if provisioned:
+        log.info("writing at the table's provisioned %s WCU/s (set --target-wcu to change)",
+                 provisioned)
+        return float(provisioned)
+    log.info("on-demand table: writing at %s WCU/s (set --target-wcu to change)",
+             int(DEFAULT_ON_DEMAND_WCU))
+    return DEFAULT_ON_DEMAND_WCU
+
+
+def _open_checkpoint(
+    options: ImportOptions, store: ObjectStore, source: ImportSource
+) -> ImportCheckpoint:
+    opener = ImportCheckpoint.resume if options.resume else ImportCheckpoint.start
+    return opener(
+        Path(options.checkpoint_path), source=store.url, table=options.table,
+        export_id=source.export_id,
+    )
+
+
+def spread_over_segments(files: tuple[SourceFile, ...] | list[SourceFile]) -> list[SourceFile]:
+    """Files in an order that takes turns between Scan segments (partitions)."""
+    by_segment: dict[int | None, list[SourceFile]] = {}
+    for file in files:
+        by_segment.setdefault(file.segment, []).append(file)
+    queues = list(by_segment.values())
+    ordered: list[SourceFile] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        ordered += [queue[depth] for queue in queues if depth < len(queue)]
+    return ordered
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _FileProgress:
+    read: int = 0
+    finished: int = 0
+    written: int = 0
+    dead_lettered: int = 0
+    fully_read: bool = False
+
+
+@dataclass
+class _ImportRun:
+    """One pass over the files not yet checkpointed."""
+
+    options: ImportOptions
+    source: ImportSource
+    store: ObjectStore
+    checkpoint: ImportCheckpoint
+    progress: JobProgress
+    table_keys: tuple[tuple[str, str], ...]
+    files: dict[str, _FileProgress] = field(default_factory=dict)
+    items_read: int = 0
+    items_written: int = 0
+    consumed_wcu: float = 0.0
+    throttled_requests: int = 0
+    unprocessed_items: int = 0
+
+    def __post_init__(self) -> None:
+        self.dead_letter = DeadLetterFile(Path(self.options.dead_letter_path))
+
+    async def write_all(self, target_wcu: float) -> None:
+        todo = [f for f in spread_over_segments(self.source.files)
+                if f.key not in self.checkpoint.done]
+        self.progress.files_total = len(self.source.files)
+        self.progress.files_done = len(self.source.files) - len(todo)
+        self.progress.items_estimate = self.source.item_count or 0
+        self.progress.target_rate = target_wcu
+        # A tenth of a second of credit: a full second at a target far above the table's
+        # capacity arrives as one burst of throttled calls before the controller can react.
+        bucket = TokenBucket(target_wcu, burst=max(target_wcu / 10, MIN_BURST_WCU))
+        controller = AdaptiveRate(target_wcu, bucket=bucket)
+        # The writer sees every throttle itself (one attempt per call) and retries per record.
+        async with DynamoClient.open(
+            self.options.aws, max_connections=self.options.concurrency + 4,
+            retry=RetryPolicy(max_attempts=1),
+        ) as client:
+            writer = TableWriter(
+                client, self.options.table, [name for name, _ in self.table_keys],
+                bucket=bucket, controller=controller,
+                key_limiter=KeyRateLimiter(PARTITION_KEY_WCU),
+                concurrency=self.options.concurrency,
+                retry_deadline=self.options.retry_deadline,
+                on_written=self._written, on_dead_letter=self._dead_lettered,
+                progress=self.progress,
+            )
+            try:
+                await writer.write(self._checked(self._records(todo)))
+            finally:
+                self.dead_letter.close()
+                self.consumed_wcu = writer.consumed_wcu
+                self.throttled_requests = writer.throttled_requests
+                self.unprocessed_items = writer.unprocessed_items
+                self.progress.current_rate = controller.rate
+
+    def _records(self, todo: list[SourceFile]) -> AsyncIterator[WriteRecord]:
+        return interleave(
+            (self._file_batches(file) for file in todo), width=self.options.open_files
+        )
+
+    async def _file_batches(self, file: SourceFile) -> AsyncIterator[list[WriteRecord]]:
+        state = self.files.setdefault(file.key, _FileProgress())
+        async for batch in read_records(self.store, self.source, file):
+            state.read += len(batch)
+            yield batch
+        state.fully_read = True
+        self._maybe_done(file.key)
+
+    async def _checked(self, records: AsyncIterator[WriteRecord]) -> AsyncIterator[WriteRecord]:
+        """Records a write would reject for sure go straight to the dead-letter file."""
+        async for record in records:
+            self.items_read += 1
+            reason = check_record(record, self.table_keys)
+            if reason is None:
+                yield record
+            else:
+                self._dead_lettered(record, reason)
+
+    def _written(self, records: list[WriteRecord], consumed: float) -> None:
+        self.items_written += len(records)
+        self.progress.items += len(records)
+        for record in records:
+            self.files[record.source].written += 1
+            self._finished(record.source)
+
+    def _dead_lettered(self, record: WriteRecord, reason: str) -> None:
+        self.dead_letter.add(reason=reason, source=record.source, kind=record.kind,
+                             item=record.item)
+        self.progress.dead_lettered += 1
+        self.files[record.source].dead_lettered += 1
+        self._finished(record.source)
+
+    def _finished(self, key: str) -> None:
+        self.files[key].finished += 1
+        self._maybe_done(key)
+
+    def _maybe_done(self, key: str) -> None:
+        state = self.files[key]
+        if state.fully_read and state.finished == state.read and key not in self.checkpoint.done:
+            self.checkpoint.mark_done(key, state.written, state.dead_lettered)
+            self.progress.files_done += 1

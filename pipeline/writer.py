@@ -1,0 +1,411 @@
+"""The BatchWriteItem loop of an import: rate-limited, adaptive, and it never loses a record.
+
+Records flow in from an async iterator, are grouped by a ``BatchBuilder`` and sent as up to
+``concurrency`` BatchWriteItem calls at once. Every record ends in exactly one of two ways:
+*written* (DynamoDB confirmed it) or *dead-lettered* (DynamoDB rejected it for good, or it
+could not be written before its retry deadline), each reported through a callback. At the end
+``read == written + dead_lettered``, or ``write`` raises.
+
+- Rate: each batch is charged to the global ``TokenBucket`` at its estimated WCU before it is
+  sent and corrected with the ConsumedCapacity of the reply. Throttles (the exception, or
+  UnprocessedItems) tell the ``AdaptiveRate`` controller, which lowers the bucket's rate.
+- Hot keys: an optional ``KeyRateLimiter`` holds back records of a partition-key value over
+  its budget (1,000 WCU/s per key in DynamoDB) while other keys go ahead.
+- Retries: throttled and unprocessed records go back into the builder after a full-jitter
+  backoff of their own; a key's later records wait for them, so the order per key holds.
+- Bad items: a batch refused as invalid is split in halves until the bad record is alone; it
+  is dead-lettered with DynamoDB's message and the others are written.
+
+The client should not retry throttles itself (``DynamoClient(retry=RetryPolicy(max_attempts=1))``)
+so the controller hears of each throttle at once; retrying here is per record, not per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .batching import MAX_BATCH_REQUESTS, BatchBuilder, Key
+from .codec import write_units
+from .dynamo import DynamoClient
+from .errors import AwsRequestError, ThrottledError, TransientError
+from .progress import JobProgress
+from .ratelimit import AdaptiveRate, Clock, KeyRateLimiter, SystemClock, TokenBucket
+from .records import WriteRecord
+
+__all__ = ["ITEM_ERROR_CODES", "TableWriter"]
+
+#: Errors that condemn an item, not the run: the batch is split to find the bad item(s).
+ITEM_ERROR_CODES = frozenset(
+    {"ValidationException", "SerializationException", "ItemCollectionSizeLimitExceededException"}
+)
+
+#: How often to look again when every ready record is held back by its key's rate.
+KEY_LIMIT_POLL = 0.02
+
+OnWritten = Callable[[list[WriteRecord], float], None]
+OnDeadLetter = Callable[[WriteRecord, str], None]
+
+
+@dataclass
+class _RetryState:
+    attempts: int
+    first_failure: float
+
+
+class TableWriter:
+    """Writes a stream of records to one table; see the module docstring.
+
+    ``key_attributes``: the table's key attribute names, partition key first.
+    ``retry_deadline``: seconds from a record's first failed attempt until it is given up.
+    ``buffer_records``: most records held at once (queued, in flight or backing off).
+    Counters: ``read``, ``written``, ``dead_lettered``, ``throttled_requests`` (calls refused
+    by a throttle), ``unprocessed_items`` (records DynamoDB returned unprocessed),
+    ``consumed_wcu`` (as DynamoDB reported it), ``batches`` (calls that got a reply).
+    A ``progress`` given is kept up to date in ``consumed_capacity``, ``throttles`` and
+    ``current_rate``; items written and dead-lettered reach it through the callbacks' owner.
+    """
+
+    def __init__(
+        self,
+        client: DynamoClient,
+        table: str,
+        key_attributes: Sequence[str],
+        *,
+        bucket: TokenBucket,
+        controller: AdaptiveRate | None = None,
+        key_limiter: KeyRateLimiter | None = None,
+        concurrency: int = 16,
+        retry_deadline: float = 15 * 60.0,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 20.0,
+        throttle_backoff_cap: float = 1.0,
+        buffer_records: int | None = None,
+        on_written: OnWritten | None = None,
+        on_dead_letter: OnDeadLetter | None = None,
+        progress: JobProgress | None = None,
+        clock: Clock | None = None,
+        random_fraction: Callable[[], float] = random.random,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.client = client
+        self.table = table
+        self.bucket = bucket
+        self.controller = controller
+        if controller is not None:
+            # A controller that did not drive this bucket would cut a rate nobody uses.
+            controller.attach(bucket)
+        self.key_limiter = key_limiter
+        self.concurrency = concurrency
+        self.retry_deadline = retry_deadline
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        # The global bucket already paces a throttled table: a long per-record wait on top
+        # only leaves capacity unused (seen as an idle tail with the last few records).
+        self.throttle_backoff_cap = throttle_backoff_cap
+        # Enough for every slot to find a full batch, and some to spare for blocked keys.
+        self.buffer_records = buffer_records or concurrency * MAX_BATCH_REQUESTS * 4
+        self.progress = progress
+        self.read = 0
+        self.written = 0
+        self.dead_lettered = 0
+        self.throttled_requests = 0
+        self.unprocessed_items = 0
+        self.consumed_wcu = 0.0
+        self.batches = 0
+        self._builder = BatchBuilder(key_attributes)
+        self._on_written = on_written
+        self._on_dead_letter = on_dead_letter
+        self._clock: Clock = clock or SystemClock()
+        self._random = random_fraction
+        self._retries: dict[Key, _RetryState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        # The dispatcher waits on _changed, the reader on _room (records finished).
+        self._changed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._source_done = False
+        self._failure: BaseException | None = None
+        self._started = False
+
+    @property
+    def outstanding(self) -> int:
+        """Records read but neither written nor dead-lettered yet."""
+        return self.read - self.written - self.dead_lettered
+
+    async def write(self, records: AsyncIterable[WriteRecord]) -> None:
+        """Write every record; returns once each is written or dead-lettered.
+
+        Raises the first error that is not about single items (e.g. the table is gone, or the
+        source failed). Cancelling stops promptly; records whose reply had not arrived are
+        not counted as written.
+        """
+        if self._started:
+            raise RuntimeError("a TableWriter writes one stream; make a new one")
+        self._started = True
+        self._spawn(self._feed(records))
+        try:
+            await self._dispatch()
+        finally:
+            await self._stop_tasks()
+        if self.outstanding != 0:
+            raise RuntimeError(
+                f"writer bookkeeping broke: read {self.read}, written {self.written}, "
+                f"dead-lettered {self.dead_lettered}"
+            )
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _feed(self, records: AsyncIterable[WriteRecord]) -> None:
+        async for record in records:
+            while self.outstanding >= self.buffer_records:
+                self._room.clear()
+                await self._room.wait()
+            self._builder.add(record)
+            self.read += 1
+            self._wake()
+        self._source_done = True
+        self._wake()
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if batch is None:
+                self._slots.release()
+                return
+            self._spawn(self._send_in_slot(batch))
+
+    async def _next_batch(self) -> list[WriteRecord] | None:
+        """The next batch to send, charged to the bucket; None once everything is done."""
+        while True:
+            self._changed.clear()
+            self._raise_failure()
+            if self._source_done and self.outstanding == 0:
+                return None
+            await self.bucket.wait_for_credit()
+            # Let the reader top up the builder first, so batches go out as full as they can.
+            await asyncio.sleep(0)
+            self._raise_failure()
+            batch = self._builder.take(admit=self._admit if self.key_limiter is not None else None)
+            if batch:
+                # Charged before sending (the bucket may go into debt), corrected on reply.
+                self.bucket.charge(_estimate(batch))
+                return batch
+            held_back_by_key_rate = self._builder.ready > 0
+            await self._wait_for_change(KEY_LIMIT_POLL if held_back_by_key_rate else None)
+
+    def _admit(self, record: WriteRecord) -> bool:
+        assert self.key_limiter is not None
+        partition = self._builder.partition_key_of(record)
+        return self.key_limiter.try_take(partition, write_units(record.size))
+
+    async def _send_in_slot(self, batch: list[WriteRecord]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            self._slots.release()
+            self._wake()
+
+    async def _send(self, batch: list[WriteRecord]) -> None:
+        estimate = _estimate(batch)
+        try:
+            reply = await self.client.batch_write(self.table, [r.request() for r in batch])
+        except ThrottledError as error:
+            self.throttled_requests += 1
+            self._note_throttle()
+            self._retry_all(batch, str(error), throttled=True)
+        except TransientError as error:
+            # 5xx or a dropped connection: nothing to say about capacity, just try again.
+            self._retry_all(batch, str(error), throttled=False)
+        except AwsRequestError as error:
+            if error.code not in ITEM_ERROR_CODES:
+                raise
+            self.bucket.charge(-estimate)  # refused whole: nothing was written
+            await self._isolate_bad_items(batch, error)
+        else:
+            self._take_reply(batch, reply, estimate)
+
+    async def _isolate_bad_items(self, batch: list[WriteRecord], error: AwsRequestError) -> None:
+        if len(batch) == 1:
+            self._dead_letter(batch[0], str(error))
+            return
+        # One half after the other, within this batch's slot: the search for a bad item does
+        # not take concurrency from the rest of the import.
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            await self.bucket.acquire(_estimate(half))
+            await self._send(half)
+
+    def _take_reply(self, batch: list[WriteRecord], reply: dict[str, Any], estimate: int) -> None:
+        self.batches += 1
+        unprocessed = self._unprocessed_records(batch, reply)
+        unprocessed_ids = {id(record) for record in unprocessed}
+        processed = [record for record in batch if id(record) not in unprocessed_ids]
+        consumed = _consumed_capacity(reply, default=float(_estimate(processed)))
+        # The bucket counts attempts: unprocessed records were tried, so they stay charged.
+        self.bucket.charge(consumed + _estimate(unprocessed) - estimate)
+        self.consumed_wcu += consumed
+        if self.progress is not None:
+            self.progress.consumed_capacity += consumed
+        if self.controller is not None:
+            # What was accepted counts even when the rest was throttled: it is the delivered
+            # rate the controller cuts to.
+            self.controller.on_success(consumed)
+            self._report_rate()
+        if unprocessed:
+            self.unprocessed_items += len(unprocessed)
+            self._note_throttle()
+            self._retry_all(
+                unprocessed, "returned as UnprocessedItems (throttled)", throttled=True
+            )
+        self._mark_written(processed, consumed)
+
+    def _unprocessed_records(
+        self, batch: list[WriteRecord], reply: dict[str, Any]
+    ) -> list[WriteRecord]:
+        requests = (reply.get("UnprocessedItems") or {}).get(self.table) or []
+        if not requests:
+            return []
+        # One record per key in a batch, so the key finds the record a request came from.
+        by_key = {self._builder.key_of(record): record for record in batch}
+        found = [by_key.get(self._builder.key_of(_request_record(r))) for r in requests]
+        if None in found or len(found) != len(set(map(id, found))):
+            # A reply we cannot map back: retrying the whole batch is safe (puts and deletes
+            # are idempotent), counting a record as written that was not would not be.
+            return list(batch)
+        return [record for record in found if record is not None]
+
+    # --- outcomes --------------------------------------------------------------------------
+
+    def _mark_written(self, records: list[WriteRecord], consumed: float) -> None:
+        if not records:
+            return
+        for record in records:
+            self._retries.pop(self._builder.key_of(record), None)
+            self._builder.finish(record)
+        self.written += len(records)
+        self._wake()
+        if self._on_written is not None:
+            self._on_written(records, consumed)
+
+    def _dead_letter(self, record: WriteRecord, reason: str) -> None:
+        self._retries.pop(self._builder.key_of(record), None)
+        self._builder.finish(record)
+        self.dead_lettered += 1
+        self._wake()
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(record, reason)
+
+    def _note_throttle(self) -> None:
+        if self.controller is not None:
+            self.controller.on_throttle()
+            self._report_rate()
+        if self.progress is not None:
+            self.progress.throttles += 1
+
+    def _report_rate(self) -> None:
+        if self.progress is not None and self.controller is not None:
+            self.progress.current_rate = self.controller.rate
+
+    def _retry_all(self, records: list[WriteRecord], reason: str, *, throttled: bool) -> None:
+        for record in records:
+            self._retry_later(record, reason, throttled=throttled)
+
+    def _retry_later(self, record: WriteRecord, reason: str, *, throttled: bool) -> None:
+        now = self._clock.monotonic()
+        state = self._retries.setdefault(self._builder.key_of(record), _RetryState(0, now))
+        state.attempts += 1
+        if now - state.first_failure >= self.retry_deadline:
+            self._dead_letter(
+                record,
+                f"not written within the retry deadline of {self.retry_deadline:g} s "
+                f"({state.attempts} attempts); last error: {reason}",
+            )
+            return
+        cap = self.throttle_backoff_cap if throttled else self.backoff_cap
+        self._spawn(self._requeue_after(record, self._backoff(state.attempts - 1, cap)))
+
+    def _backoff(self, retry_number: int, cap: float) -> float:
+        # Full jitter: retries of one congestion event spread out instead of coming back as one.
+        ceiling = min(cap, self.backoff_base * 2.0 ** min(retry_number, 64))
+        return self._random() * ceiling
+
+    async def _requeue_after(self, record: WriteRecord, delay: float) -> None:
+        await self._clock.sleep(delay)
+        self._builder.retry(record)
+        self._wake()
+
+    # --- tasks and wake-ups ----------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+        self._wake()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._room.set()
+
+    async def _wait_for_change(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            await self._changed.wait()
+            return
+        await _first_of(self._changed.wait(), self._clock.sleep(timeout))
+
+    async def _stop_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        # Waited for, so no request is still running when write() returns or raises.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _estimate(records: list[WriteRecord]) -> int:
+    return sum(write_units(record.size) for record in records)
+
+
+def _consumed_capacity(reply: dict[str, Any], *, default: float) -> float:
+    entries = reply.get("ConsumedCapacity")
+    if not entries:
+        return default
+    return float(sum(entry.get("CapacityUnits", 0.0) for entry in entries))
+
+
+def _request_record(request: dict[str, Any]) -> WriteRecord:
+    """A stand-in record for a returned request, good for finding its key."""
+    if "PutRequest" in request:
+        return WriteRecord("put", request["PutRequest"].get("Item") or {}, 0, "")
+    return WriteRecord("delete", (request.get("DeleteRequest") or {}).get("Key") or {}, 0, "")
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)

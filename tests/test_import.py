@@ -1,0 +1,321 @@
+"""End-to-end import tests: DynamoDB Local, moto S3 and the capacity simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import ddbpipe
+from ddbpipe.manifest import MANIFEST_KEY
+from tests.exports import FIDELITY_ITEMS, plain_items, scan_table, sorted_items
+from tests.test_sources import full_lines, local_put, s3_put, write_aws_export
+
+DDBPIPE = [sys.executable, "-m", "ddbpipe.cli.main"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DDBPIPE, *args], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+@pytest.fixture
+def endpoint(dynamodb_local: Any) -> str:
+    return str(dynamodb_local.endpoint)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Checkpoint and dead-letter files default to the current directory.
+    monkeypatch.chdir(tmp_path)
+
+
+def new_name(prefix: str = "copy") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def table_items(client: Any, table: str) -> list[dict[str, Any]]:
+    return sorted_items(scan_table(client, table))
+
+
+def export(table: str, dest: Path, endpoint: str, **options: Any) -> Path:
+    ddbpipe.export_table(table, str(dest), endpoint_url=endpoint, **options)
+    return dest
+
+
+@pytest.mark.parametrize("data_format", ["ndjson", "parquet"])
+def test_round_trip_into_a_created_table_is_item_for_item(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any, data_format: Any
+) -> None:
+    source_table = make_table(FIDELITY_ITEMS + plain_items(400))
+    dest = export(source_table, tmp_path / "export", endpoint, segments=3, format=data_format,
+                  shard_bytes=16 * 1024, page_size=50)
+    target = new_name()
+    summary = ddbpipe.import_table(str(dest), target, create_table=True, target_wcu=5000,
+                                   endpoint_url=endpoint)
+    try:
+        assert summary.items_read == summary.items_written == len(FIDELITY_ITEMS) + 400
+        assert summary.items_dead_lettered == 0 and summary.created_table
+        assert table_items(dynamodb_client, target) == table_items(dynamodb_client, source_table)
+        assert not Path(f"ddbpipe-import-{target}.checkpoint.json").exists()
+    finally:
+        dynamodb_client.delete_table(TableName=target)
+
+
+def test_created_table_gets_its_indexes_after_the_load(
+    tmp_path: Path, endpoint: str, dynamodb_client: Any
+) -> None:
+    source_table = new_name("indexed")
+    dynamodb_client.create_table(
+        TableName=source_table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "name", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[{
+            "IndexName": "by-name", "KeySchema": [{"AttributeName": "name", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }],
+    )
+    target = new_name()
+    try:
+        for item in plain_items(50):
+            dynamodb_client.put_item(TableName=source_table, Item=item)
+        dest = export(source_table, tmp_path / "export", endpoint, segments=1)
+        summary = ddbpipe.import_table(str(dest), target, create_table=True,
+                                       endpoint_url=endpoint)
+        assert summary.indexes_added == ["by-name"]
+        (index,) = dynamodb_client.describe_table(TableName=target)["Table"][
+            "GlobalSecondaryIndexes"]
+        assert index["IndexName"] == "by-name" and index["IndexStatus"] == "ACTIVE"
+        hits = dynamodb_client.query(
+            TableName=target, IndexName="by-name", KeyConditionExpression="#n = :v",
+            ExpressionAttributeNames={"#n": "name"},
+            ExpressionAttributeValues={":v": {"S": "name 7 " + "z" * 7}},
+        )["Items"]
+        assert [hit["pk"]["S"] for hit in hits] == ["item#000007"]
+        assert table_items(dynamodb_client, target) == table_items(dynamodb_client, source_table)
+    finally:
+        for table in (source_table, target):
+            dynamodb_client.delete_table(TableName=table)
+
+
+def test_import_into_an_existing_table_keeps_its_items(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
+) -> None:
+    source_table = make_table(plain_items(100))
+    dest = export(source_table, tmp_path / "export", endpoint, segments=2)
+    target = make_table([{"pk": {"S": "already-here"}, "n": {"N": "1"}}])
+    summary = ddbpipe.import_table(str(dest), target, endpoint_url=endpoint)
+    assert summary.items_written == 100 and not summary.created_table
+    items = table_items(dynamodb_client, target)
+    assert len(items) == 101
+    with pytest.raises(ddbpipe.ConfigError, match="already exists"):
+        ddbpipe.import_table(str(dest), target, create_table=True, endpoint_url=endpoint)
+
+
+def test_aws_full_and_incremental_exports_apply_puts_and_deletes(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any,
+    s3_server: Any, s3_client: Any, s3_bucket: str,
+) -> None:
+    target = make_table()
+    base_items = plain_items(300)
+    full = write_aws_export(s3_put(s3_client, s3_bucket),
+                            [full_lines(base_items[:150]), full_lines(base_items[150:])])
+    summary = ddbpipe.import_table(f"s3://{s3_bucket}/{full}", target, endpoint_url=endpoint,
+                                   s3_endpoint_url=s3_server.endpoint)
+    assert summary.source_kind == "aws-full" and summary.items_written == 300
+
+    def change(pk: str, new: dict[str, Any] | None) -> dict[str, Any]:
+        line: dict[str, Any] = {"Metadata": {"WriteTimestampMicros": {"N": "1774379199746598"}},
+                                "Keys": {"pk": {"S": pk}}}
+        if new is not None:
+            line["NewImage"] = {"pk": {"S": pk}, **new}
+        return line
+
+    lines = [change("item#000001", {"n": {"N": "-1"}}), change("item#000002", None),
+             change("brand-new", {"s": {"S": "hi"}})]
+    incremental_root = tmp_path / "incremental"
+    base = write_aws_export(local_put(incremental_root), [lines], incremental=True)
+    summary = ddbpipe.import_table(str(incremental_root / base), target, endpoint_url=endpoint)
+    assert summary.source_kind == "aws-incremental" and summary.items_written == 3
+    by_key = {item["pk"]["S"]: item for item in
+              dynamodb_client.scan(TableName=target)["Items"]}
+    assert len(by_key) == 300 - 1 + 1
+    assert by_key["item#000001"] == {"pk": {"S": "item#000001"}, "n": {"N": "-1"}}
+    assert "item#000002" not in by_key
+    assert by_key["brand-new"]["s"] == {"S": "hi"}
+
+
+def test_target_rate_is_held_with_ample_capacity(
+    tmp_path: Path, dynamodb_local: Any, capacity_simulator: Any, make_table: Any,
+    dynamodb_client: Any,
+) -> None:
+    # ~1 KB items: one WCU each. The simulator only meters here (far more capacity than asked).
+    items = [{"pk": {"S": f"k{i:05d}"}, "pad": {"S": "p" * 990}} for i in range(1500)]
+    source_table = make_table(items)
+    dest = export(source_table, tmp_path / "export", dynamodb_local.endpoint, segments=4)
+    target = make_table()
+    capacity_simulator.configure(target, wcu=100_000, partitions=100)
+    target_wcu = 300.0
+    summary = ddbpipe.import_table(str(dest), target, target_wcu=target_wcu,
+                                   endpoint_url=capacity_simulator.endpoint)
+    assert summary.items_written == 1500 and summary.throttled_requests == 0
+    per_second = [wcu for _, wcu in capacity_simulator.stats(target).wcu_per_second]
+    # Whole seconds only: the first holds the bucket's initial one-second burst, the last is cut.
+    steady = per_second[1:-1]
+    assert len(steady) >= 2
+    achieved = sum(steady) / len(steady)
+    assert abs(achieved - target_wcu) <= 0.05 * target_wcu, per_second
+
+
+def test_throttled_import_with_a_hot_key_loses_nothing_and_uses_the_capacity(
+    tmp_path: Path, dynamodb_local: Any, capacity_simulator: Any, make_table: Any,
+    dynamodb_client: Any,
+) -> None:
+    # 30% of the items share one partition key; the target is far above the table's capacity.
+    items = [
+        {"pk": {"S": "hot" if i % 10 < 3 else f"cold{i:05d}"}, "sk": {"N": str(i)},
+         "pad": {"S": "p" * 980}}
+        for i in range(2000)
+    ]
+    source_table = make_table(items, range_key=("sk", "N"))
+    dest = export(source_table, tmp_path / "export", dynamodb_local.endpoint, segments=4)
+    target = make_table(range_key=("sk", "N"))
+    capacity = 400.0
+    capacity_simulator.configure(target, wcu=capacity, partitions=1)
+    summary = ddbpipe.import_table(str(dest), target, target_wcu=2000,
+                                   endpoint_url=capacity_simulator.endpoint)
+    stats = capacity_simulator.stats(target)
+    assert summary.items_written == 2000 and summary.items_dead_lettered == 0
+    assert table_items(dynamodb_client, target) == table_items(dynamodb_client, source_table)
+    per_second = [wcu for _, wcu in stats.wcu_per_second][1:-1]
+    achieved = sum(per_second) / len(per_second)
+    assert achieved >= 0.75 * capacity, per_second
+    # The controller found the capacity: most attempts went through (a start at 5x the
+    # capacity throttles for a second or two; the benchmark measures longer runs).
+    assert stats.items_throttled < stats.items_accepted, stats
+    assert summary.unprocessed_items + 25 * summary.throttled_requests >= stats.items_throttled
+
+
+def test_key_schema_mismatch_writes_nothing(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
+) -> None:
+    dest = export(make_table(plain_items(20)), tmp_path / "export", endpoint, segments=1)
+    target = make_table(hash_key=("id", "N"))
+    result = run("import", str(dest), target, "--endpoint-url", endpoint, cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "key schema mismatch" in line and "id (N) HASH" in line and "pk (S) HASH" in line
+    assert dynamodb_client.scan(TableName=target)["Count"] == 0
+
+
+def corrupt_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda dest: corrupt_middle_byte(next((dest / "data").iterdir())), "SHA-256"),
+        (lambda dest: (lambda p: p.write_bytes(p.read_bytes()[:-10]))(
+            next((dest / "data").iterdir())), "cut off"),
+        (lambda dest: (dest / MANIFEST_KEY).write_bytes(
+            (dest / MANIFEST_KEY).read_bytes().replace(b'"format_version": 1',
+                                                       b'"format_version": 7')),
+         "format version 7"),
+    ],
+    ids=["flipped-byte", "truncated", "future-format"],
+)
+def test_bad_source_is_a_one_line_error_and_writes_nothing(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any,
+    damage: Any, expected: str,
+) -> None:
+    dest = export(make_table(plain_items(50)), tmp_path / "export", endpoint, segments=1)
+    damage(dest)
+    target = make_table()
+    result = run("import", str(dest), target, "--endpoint-url", endpoint, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert dynamodb_client.scan(TableName=target)["Count"] == 0
+
+
+def test_item_over_400_kb_is_dead_lettered_and_the_exit_is_nonzero(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
+) -> None:
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    good = plain_items(10)
+    big = {"pk": {"S": "too-big"}, "blob": {"S": "x" * 420_000}}
+    (folder / "items.json").write_bytes(
+        b"".join(msgspec.json.encode({"Item": item}) + b"\n" for item in [*good[:5], big,
+                                                                          *good[5:]]))
+    target = make_table()
+    result = run("import", str(folder), target, "--json", "--endpoint-url", endpoint,
+                 cwd=tmp_path)
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert (summary["items_read"], summary["items_written"], summary["items_dead_lettered"]) == (
+        11, 10, 1)
+    assert "1 items could not be written" in result.stderr
+    (letter,) = [json.loads(line) for line in Path(summary["dead_letter"]).read_text().splitlines()]
+    assert letter["Item"]["pk"] == {"S": "too-big"} and "400 KB" in letter["reason"]
+    assert dynamodb_client.scan(TableName=target, Select="COUNT")["Count"] == 10
+
+
+def test_missing_table_without_create_table_is_refused(
+    tmp_path: Path, endpoint: str, make_table: Any
+) -> None:
+    dest = export(make_table(plain_items(5)), tmp_path / "export", endpoint, segments=1)
+    with pytest.raises(ddbpipe.TableNotFoundError, match="--create-table"):
+        ddbpipe.import_table(str(dest), "no-such-target", endpoint_url=endpoint)
+    assert not list(tmp_path.glob("ddbpipe-import-*"))
+
+
+KILLABLE_IMPORT = """
+import sys, ddbpipe
+ddbpipe.import_table(sys.argv[1], sys.argv[2], target_wcu=600, endpoint_url=sys.argv[3])
+"""
+
+
+def test_killed_import_resumes_to_exactly_the_source(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
+) -> None:
+    items = [{"pk": {"S": f"k{i:05d}"}, "pad": {"S": "p" * 990}} for i in range(3000)]
+    source_table = make_table(items)
+    dest = export(source_table, tmp_path / "export", endpoint, segments=4,
+                  shard_bytes=64 * 1024, page_size=40)
+    target = make_table()
+    checkpoint = tmp_path / f"ddbpipe-import-{target}.checkpoint.json"
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE_IMPORT, str(dest), target,
+                                endpoint], cwd=tmp_path, env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists() and len(json.loads(checkpoint.read_text())["done"]) >= 3:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the import finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written_before = dynamodb_client.scan(TableName=target, Select="COUNT")["Count"]
+    assert 0 < written_before < 3000
+    refused = run("import", str(dest), target, "--endpoint-url", endpoint, cwd=tmp_path)
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+    result = run("import", str(dest), target, "--resume", "--json", "--target-wcu", "20000",
+                 "--endpoint-url", endpoint, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["resumed"]
+    assert table_items(dynamodb_client, target) == table_items(dynamodb_client, source_table)
+    assert not checkpoint.exists()
