@@ -2,7 +2,8 @@
 
 Steps: start DynamoDB Local (fake credentials, so nothing reaches AWS) -> create a table and
 fill it with realistic orders/customers items -> ``ddbpipe export`` to a local directory
-``demo-out/<table>-<UTC timestamp>`` -> ``ddbpipe verify --read-data`` -> stop DynamoDB Local.
+``demo-out/<table>-<UTC timestamp>`` -> ``ddbpipe verify --read-data`` -> ``ddbpipe import
+--create-table`` into ``<table>-restored`` and a count comparison -> stop DynamoDB Local.
 Exits non-zero if any step fails. ``make demo`` sets everything up and runs this file.
 
     python tools/demo.py [--items 50000] [--segments 8] [--format ndjson|parquet]
@@ -128,20 +129,38 @@ def verify_step(dest: Path) -> None:
     run_ddbpipe("verify", ["verify", str(dest), "--read-data"])
 
 
-def import_step(endpoint: str, dest: Path, table: str) -> None:
-    """IMPORT STEP: restore the export into a new table and compare counts.
+def import_step(endpoint: str, dest: Path, table: str, count: int) -> None:
+    """Restore the export into a new table (created from the export's schema), compare counts."""
+    restored = f"{table}-restored"
+    state = dest.parent / f"{dest.name}.import"
+    run_ddbpipe(
+        "import",
+        [
+            "import", str(dest), restored, "--create-table", "--target-wcu", "40000",
+            "--checkpoint", str(state / "checkpoint.json"),
+            "--dead-letter", str(state / "dead-letter.jsonl"),
+            "--endpoint-url", endpoint,
+        ],
+    )
+    import boto3
 
-    Not part of the demo yet: ``ddbpipe import`` is still to come. When it lands, run it here
-    through ``run_ddbpipe("import", [...])`` into a table such as ``f"{table}-restored"``
-    with ``--endpoint-url endpoint``, then compare the restored table's item count with the
-    export's.
-    """
-    print("\n(import step: 'ddbpipe import' is not available yet; skipped)")
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    counts = {}
+    for name in (table, restored):
+        pages = client.get_paginator("scan").paginate(TableName=name, Select="COUNT")
+        counts[name] = sum(page["Count"] for page in pages)
+    print(f"  items: {table} {counts[table]:,}, {restored} {counts[restored]:,}")
+    # A finished import removes its checkpoint; the folder stays only if it holds dead letters.
+    if state.is_dir() and not any(state.iterdir()):
+        state.rmdir()
+    if counts[restored] != counts[table] or counts[table] != count:
+        raise StepFailed(f"import: {restored} holds {counts[restored]:,} items, "
+                         f"{table} {counts[table]:,}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Export and verify a sample table from DynamoDB Local with ddbpipe."
+        description="Export, verify and import a sample table in DynamoDB Local with ddbpipe."
     )
     parser.add_argument("--items", type=int, default=50_000, help="items in the sample table")
     parser.add_argument("--segments", type=int, default=8, help="parallel Scan segments")
@@ -184,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             count=args.items,
         )
         verify_step(dest)
-        import_step(server.endpoint, dest, args.table)
+        import_step(server.endpoint, dest, args.table, args.items)
     except StepFailed as error:
         print(f"\ndemo failed: {error}", file=sys.stderr)
         return error.code
