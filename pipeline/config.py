@@ -40,6 +40,12 @@ class AwsOptions:
     endpoint_url: str | None = None
     s3_endpoint_url: str | None = None
 
+    def region_name(self) -> str | None:
+        """--region, else AWS_REGION (which botocore itself ignores), else AWS_DEFAULT_REGION."""
+        return (
+            self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        )
+
     def dynamodb_endpoint(self) -> str | None:
         return (
             self.endpoint_url

@@ -417,7 +417,7 @@ def _botocore_session(profile: str | None) -> botocore.session.Session:
 
 
 def _resolve_region(aws: AwsOptions, session: botocore.session.Session) -> str:
-    region = aws.region or session.get_config_variable("region")
+    region = aws.region_name() or session.get_config_variable("region")
     if not region:
         raise ConfigError("no AWS region: pass --region or set AWS_REGION")
     return str(region)

@@ -932,7 +932,9 @@ class S3Store(_Closing):
     def _create_client(self) -> Any:
         try:
             session = AioSession(profile=self.aws.profile)
-            region = self.aws.region or session.get_config_variable("region") or "us-east-1"
+            region = (
+                self.aws.region_name() or session.get_config_variable("region") or "us-east-1"
+            )
         except boto_errors.ProfileNotFound as exc:
             raise CredentialsError(
                 f"AWS profile '{exc.kwargs.get('profile')}' is not in the AWS config files: "

@@ -204,6 +204,14 @@ def test_region_comes_from_the_environment_and_picks_the_endpoint() -> None:
     assert default_endpoint("cn-north-1") == "https://dynamodb.cn-north-1.amazonaws.com.cn"
 
 
+def test_aws_region_is_honoured_like_the_aws_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    # botocore reads only AWS_DEFAULT_REGION; the AWS CLI and the other SDKs read AWS_REGION.
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert DynamoClient.open(AwsOptions()).region == "eu-west-3"
+    assert DynamoClient.open(AwsOptions(region="ap-south-1")).region == "ap-south-1"
+
+
 def test_missing_region_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)

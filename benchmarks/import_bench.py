@@ -1,0 +1,556 @@
+"""Import speed and behaviour under throttling: ddbpipe against dynamodump and boto3.
+
+Two parts, each with its own subcommand (``all`` runs both):
+
+``local``: restore speed on DynamoDB Local (in memory, never throttles). The same generated
+table (``tools/sample_data.py``) is exported once by ddbpipe and backed up once by
+dynamodump, then restored into a fresh table per run by
+
+- ddbpipe: ``ddbpipe.import_table(export, table, target_wcu=40000, create_table=True)``,
+  in-process; the target is far above what the emulator takes, so the rate limit is not what
+  is measured;
+- dynamodump: ``dynamodump -m restore`` from its own backup (``dynamodump -m backup`` of the
+  same table), installed by this script into ``.venv-dynamodump/`` at the project root on
+  first use (``python3 -m venv`` + ``pip install dynamodump``). The time is that of its
+  ``main()`` (table creation and data), without the interpreter start-up, which is reported
+  separately;
+- boto3: one thread, ``Table.batch_writer()``, reading the ddbpipe export's shards
+  (``iter_shard_items`` + ``msgspec`` + ``TypeDeserializer``); the table is created first.
+
+Every restore is checked by counting the target table (Scan, Select=COUNT) and the table is
+dropped afterwards. Medians of ``--runs`` alternating runs; ratios against dynamodump.
+
+``throttled``: the capacity simulator (``tools/capacity_simulator.py``) in front of DynamoDB
+Local gives the target table ``--wcu`` WCU/s on ``--partitions`` partition(s), no burst
+credit. ~1 KB items (1 WCU each), ``--hot-share`` of them under ONE partition key (distinct
+numeric sort keys), exported by ddbpipe, then written through the simulator by
+
+- ddbpipe: ``import_table(export, table, target_wcu=--target-wcu)`` into the empty table;
+- boto3: one thread, ``Table.batch_writer()`` on a client with botocore's adaptive retry mode
+  (``Config(retries={"mode": "adaptive", "max_attempts": 10})``).
+
+Per run: completion time, items lost (source count minus a Scan COUNT of the table on the
+backend), BatchWriteItem calls counted on the client side (throttled = refused with
+ProvisionedThroughputExceededException or answered with UnprocessedItems), and accepted WCU
+from the simulator, against capacity x duration and as the mean of the per-second series over
+the steady part (from the 3rd second to the last full second).
+
+    .venv/bin/python benchmarks/import_bench.py local --items 20000 --runs 3
+    .venv/bin/python benchmarks/import_bench.py throttled --items 12000 --wcu 400 --runs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools import sample_data, services  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DYNAMODUMP_VENV = PROJECT_ROOT / ".venv-dynamodump"
+ACCESS_KEY = services.LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]
+SECRET_KEY = services.LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def _client(endpoint: str, **config: Any) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "dynamodb", endpoint_url=endpoint, region_name="us-east-1", config=Config(**config)
+    )
+
+
+def count_items(endpoint: str, table: str) -> int:
+    client = _client(endpoint)
+    kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
+    total = 0
+    while True:
+        page = client.scan(**kwargs)
+        total += page["Count"]
+        if "LastEvaluatedKey" not in page:
+            return total
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def drop_table(endpoint: str, table: str) -> None:
+    client = _client(endpoint)
+    client.delete_table(TableName=table)
+    client.get_waiter("table_not_exists").wait(
+        TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+
+
+def export_items(export_dir: Path) -> Iterator[dict[str, Any]]:
+    """The items of a ddbpipe export in wire form, shard after shard."""
+    import msgspec
+
+    from ddbpipe.shards import iter_shard_items
+
+    for shard in sorted((export_dir / "data").iterdir()):
+        for raw in iter_shard_items([shard.read_bytes()], shard.name):
+            yield msgspec.json.decode(raw)
+
+
+def _deserializer() -> Any:
+    from boto3.dynamodb.types import Binary, TypeDeserializer
+
+    class WireDeserializer(TypeDeserializer):  # type: ignore[misc]
+        """TypeDeserializer for the JSON wire form, where binary values are base64 text."""
+
+        def _deserialize_b(self, value: str) -> Binary:
+            return Binary(base64.b64decode(value))
+
+        def _deserialize_bs(self, value: list[str]) -> set[Binary]:
+            return {Binary(base64.b64decode(v)) for v in value}
+
+    return WireDeserializer()
+
+
+def _resource_table(endpoint: str, table: str, **config: Any) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    resource = boto3.session.Session().resource(
+        "dynamodb", endpoint_url=endpoint, region_name="us-east-1", config=Config(**config)
+    )
+    return resource.Table(table)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _runs(values: list[float], spec: str = ",.0f") -> str:
+    return " / ".join(format(v, spec) for v in values)
+
+
+# --- dynamodump ----------------------------------------------------------------------------------
+
+
+def dynamodump_python() -> Path:
+    """The interpreter of the dynamodump venv, created (with dynamodump) on first use."""
+    python = DYNAMODUMP_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {DYNAMODUMP_VENV.name}/ with dynamodump", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(DYNAMODUMP_VENV)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "dynamodump"], check=True)
+    return python
+
+
+#: Runs dynamodump's main() with the given arguments and prints how long main() took.
+_TIMED_MAIN = (
+    "import sys, time\n"
+    "from dynamodump import dynamodump\n"
+    "sys.argv = ['dynamodump'] + sys.argv[1:]\n"
+    "started = time.perf_counter()\n"
+    "dynamodump.main()\n"
+    "print('main_seconds', time.perf_counter() - started)\n"
+)
+
+
+def dynamodump_args(mode: str, endpoint: str, source: str, dump: Path, dest: str | None) -> list[str]:
+    host, port = endpoint.removeprefix("http://").split(":")
+    args = ["-m", mode, "-r", "local", "--host", host, "--port", port,
+            "--accessKey", ACCESS_KEY, "--secretKey", SECRET_KEY,
+            "-s", source, "--dumpPath", str(dump), "--log", "WARNING"]
+    if dest is not None:
+        args += ["-d", dest, "--noConfirm", "--billingMode", "PAY_PER_REQUEST",
+                 "--skipThroughputUpdate"]
+    return args
+
+
+def run_dynamodump(args: list[str]) -> tuple[float, float]:
+    """(seconds of dynamodump's main(), seconds of the whole process)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(dynamodump_python()), "-c", _TIMED_MAIN, *args],
+        capture_output=True, text=True, cwd=PROJECT_ROOT,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0 or "main_seconds" not in done.stdout:
+        raise RuntimeError(f"dynamodump failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    main_seconds = float(done.stdout.split("main_seconds")[-1].split()[0])
+    return main_seconds, wall
+
+
+def dynamodump_startup() -> float:
+    """Seconds to start the dynamodump venv's interpreter and import dynamodump (median of 3)."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([str(dynamodump_python()), "-c", "import dynamodump.dynamodump"],
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return _median(times)
+
+
+# --- part 1: DynamoDB Local --------------------------------------------------------------------
+
+
+def ddbpipe_restore(endpoint: str, export_dir: Path, table: str, scratch: Path) -> float:
+    import ddbpipe
+
+    started = time.perf_counter()
+    summary = ddbpipe.import_table(
+        str(export_dir), table, target_wcu=40_000, create_table=True, endpoint_url=endpoint,
+        checkpoint=str(scratch / f"{table}.checkpoint.json"),
+        dead_letter=str(scratch / f"{table}.dead-letter.jsonl"),
+    )
+    seconds = time.perf_counter() - started
+    assert summary.items_dead_lettered == 0, summary
+    return seconds
+
+
+def boto3_restore(endpoint: str, export_dir: Path, table: str) -> float:
+    sample_data.create_table(endpoint, table)
+    deserializer = _deserializer()
+    started = time.perf_counter()
+    target = _resource_table(endpoint, table)
+    with target.batch_writer() as writer:
+        for item in export_items(export_dir):
+            writer.put_item(Item={k: deserializer.deserialize(v) for k, v in item.items()})
+    return time.perf_counter() - started
+
+
+def local_part(args: argparse.Namespace) -> None:
+    dynamodump_python()
+    services.use_local_credentials()
+    server = services.start_dynamodb_local()
+    rates: dict[str, list[float]] = {"dynamodump": [], "boto3": [], "ddbpipe": []}
+    walls: list[float] = []
+    try:
+        endpoint = server.endpoint
+        source = "bench-import-src"
+        sample_data.create_table(endpoint, source)
+        sample_data.fill_table(endpoint, source, sample_data.generate_items(args.items))
+        with tempfile.TemporaryDirectory() as scratch_name:
+            scratch = Path(scratch_name)
+            export_dir = scratch / "export"
+            import ddbpipe
+
+            exported = ddbpipe.export_table(source, str(export_dir), segments=args.segments,
+                                            endpoint_url=endpoint)
+            assert exported.items == args.items, exported
+            dump = scratch / "dump"
+            run_dynamodump(dynamodump_args("backup", endpoint, source, dump, None))
+            startup = dynamodump_startup()
+            pages = sorted((dump / source / "data").iterdir())
+            print(f"items={args.items} ddbpipe export: {len(list((export_dir / 'data').iterdir()))}"
+                  f" shards; dynamodump backup: {len(pages)} pages; "
+                  f"dynamodump start-up {startup:.2f} s", flush=True)
+            restorers: dict[str, Callable[[str], float]] = {
+                "ddbpipe": lambda t: ddbpipe_restore(endpoint, export_dir, t, scratch),
+                "boto3": lambda t: boto3_restore(endpoint, export_dir, t),
+            }
+
+            def dynamodump_restore(table: str) -> float:
+                main_seconds, wall = run_dynamodump(
+                    dynamodump_args("restore", endpoint, source, dump, table))
+                walls.append(wall)
+                return main_seconds
+
+            restorers["dynamodump"] = dynamodump_restore
+            order = list(rates)
+            for run in range(args.runs):
+                for name in order if run % 2 == 0 else order[::-1]:
+                    table = f"bench-import-{name}-{run}"
+                    seconds = restorers[name](table)
+                    counted = count_items(endpoint, table)
+                    assert counted == args.items, (name, counted)
+                    drop_table(endpoint, table)
+                    rates[name].append(args.items / seconds)
+                    print(f"  run {run} {name:10s} {seconds:6.2f} s "
+                          f"{args.items / seconds:>8,.0f} items/s", flush=True)
+    finally:
+        server.stop()
+    base = _median(rates["dynamodump"])
+    print(f"\nitems={args.items} segments={args.segments} runs={args.runs}")
+    print("| importer | median items/s | runs | vs dynamodump |")
+    print("|---|---:|---|---:|")
+    for name in ("dynamodump", "boto3", "ddbpipe"):
+        print(f"| {name} | {_median(rates[name]):,.0f} | {_runs(rates[name])} | "
+              f"{_median(rates[name]) / base:.2f}x |")
+    wall_rate = args.items / _median(walls)
+    print(f"dynamodump whole process (start-up included): median {_median(walls):.2f} s, "
+          f"{wall_rate:,.0f} items/s; ddbpipe vs that: {_median(rates['ddbpipe']) / wall_rate:.2f}x")
+
+
+# --- part 2: throttled -------------------------------------------------------------------------
+
+HOT_KEY = "tenant#hot"
+PAYLOAD_BYTES = 940  # with the key attributes and names, ~1,000 bytes billed: 1 WCU per item
+
+
+def throttled_items(count: int, hot_share: float, seed: int = 1) -> list[dict[str, Any]]:
+    """``count`` ~1 KB items; ``hot_share`` of them under one partition key, the rest spread."""
+    rng = random.Random(seed)
+    hot = round(count * hot_share)
+    cold_keys = max(1, (count - hot) // 4)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    items = []
+    for seq in range(count):
+        pk = HOT_KEY if seq < hot else f"tenant#{rng.randrange(cold_keys):05d}"
+        payload = "".join(rng.choices(alphabet, k=PAYLOAD_BYTES))
+        items.append({"pk": {"S": pk}, "sk": {"N": str(seq)}, "payload": {"S": payload}})
+    rng.shuffle(items)
+    return items
+
+
+def create_numeric_table(endpoint: str, table: str) -> None:
+    client = _client(endpoint)
+    client.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                   {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "sk", "AttributeType": "N"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.get_waiter("table_exists").wait(TableName=table,
+                                           WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+
+@dataclass
+class CallLog:
+    """BatchWriteItem attempts as the client saw them: (time, outcome)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    calls: list[tuple[float, str]] = field(default_factory=list)
+
+    def add(self, outcome: str) -> None:
+        self.calls.append((time.perf_counter() - self.started, outcome))
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for _, o in self.calls if o == outcome)
+
+
+def ddbpipe_throttled(endpoint: str, export_dir: Path, table: str, target_wcu: float,
+                      scratch: Path, log: CallLog) -> dict[str, Any]:
+    import ddbpipe
+    from ddbpipe import dynamo
+    from ddbpipe.errors import ThrottledError
+
+    original = dynamo.DynamoClient.batch_write
+
+    async def counted(self: Any, table_name: str, requests: list[dict[str, Any]]) -> Any:
+        try:
+            reply = await original(self, table_name, requests)
+        except ThrottledError:
+            log.add("throttled")
+            raise
+        except Exception:
+            log.add("error")
+            raise
+        log.add("unprocessed" if (reply.get("UnprocessedItems") or {}).get(table_name) else "ok")
+        return reply
+
+    dynamo.DynamoClient.batch_write = counted  # type: ignore[method-assign]
+    try:
+        summary = ddbpipe.import_table(
+            str(export_dir), table, target_wcu=target_wcu, endpoint_url=endpoint,
+            checkpoint=str(scratch / f"{table}.checkpoint.json"),
+            dead_letter=str(scratch / f"{table}.dead-letter.jsonl"),
+        )
+    finally:
+        dynamo.DynamoClient.batch_write = original  # type: ignore[method-assign]
+    return {"error": None, "dead_lettered": summary.items_dead_lettered,
+            "summary_throttled": summary.throttled_requests,
+            "summary_unprocessed_items": summary.unprocessed_items}
+
+
+def boto3_throttled(endpoint: str, items: list[dict[str, Any]], table: str,
+                    log: CallLog) -> dict[str, Any]:
+    target = _resource_table(endpoint, table, retries={"mode": "adaptive", "max_attempts": 10})
+    events = target.meta.client.meta.events
+
+    def on_attempt(response: Any = None, caught_exception: Any = None, **_: Any) -> None:
+        if response is None:
+            log.add("error")
+            return
+        http, parsed = response
+        if http.status_code == 200:
+            log.add("unprocessed" if parsed.get("UnprocessedItems") else "ok")
+        elif parsed.get("Error", {}).get("Code") == "ProvisionedThroughputExceededException":
+            log.add("throttled")
+        else:
+            log.add("error")
+
+    # needs-retry fires once per attempt, before botocore decides on a retry.
+    events.register_first("needs-retry.dynamodb.BatchWriteItem", on_attempt)
+    deserializer = _deserializer()
+    plain = [{k: deserializer.deserialize(v) for k, v in item.items()} for item in items]
+    error = None
+    log.started = time.perf_counter()
+    try:
+        with target.batch_writer() as writer:
+            for item in plain:
+                writer.put_item(Item=item)
+    except Exception as failure:  # noqa: BLE001 - reported as the run's outcome
+        error = f"{type(failure).__name__}: {failure}"
+    return {"error": error, "dead_lettered": 0}
+
+
+def _steady_mean(series: tuple[tuple[int, float], ...]) -> float:
+    """Mean accepted WCU/s from the 3rd second to the last full second."""
+    if not series:
+        return 0.0
+    last = series[-1][0]
+    per_second = dict(series)
+    window = range(2, last)  # the last second is partial
+    if not window:
+        return 0.0
+    return sum(per_second.get(s, 0.0) for s in window) / len(window)
+
+
+def _timeline(series: tuple[tuple[int, float], ...], log: CallLog) -> str:
+    per_second = dict(series)
+    throttles: dict[int, int] = {}
+    calls: dict[int, int] = {}
+    for moment, outcome in log.calls:
+        second = int(moment)
+        calls[second] = calls.get(second, 0) + 1
+        if outcome in ("throttled", "unprocessed"):
+            throttles[second] = throttles.get(second, 0) + 1
+    last = max([*per_second, *calls, 0])
+    return " ".join(
+        f"{s}:{per_second.get(s, 0.0):.0f}/{throttles.get(s, 0)}t/{calls.get(s, 0)}c"
+        for s in range(last + 1)
+    )
+
+
+def throttled_part(args: argparse.Namespace) -> None:
+    from tools.capacity_simulator import start_capacity_simulator
+
+    services.use_local_credentials()
+    server = services.start_dynamodb_local()
+    results: dict[str, list[dict[str, Any]]] = {"ddbpipe": [], "boto3": []}
+    try:
+        backend = server.endpoint
+        simulator = start_capacity_simulator(backend)
+        try:
+            source = "bench-throttle-src"
+            create_numeric_table(backend, source)
+            sample_data.fill_table(backend, source,
+                                   throttled_items(args.items, args.hot_share))
+            with tempfile.TemporaryDirectory() as scratch_name:
+                scratch = Path(scratch_name)
+                export_dir = scratch / "export"
+                import ddbpipe
+
+                ddbpipe.export_table(source, str(export_dir), segments=4, endpoint_url=backend)
+                items = list(export_items(export_dir))
+                assert len(items) == args.items
+                sizes = [sample_data.item_size(i) for i in items]
+                print(f"items={args.items} hot share={args.hot_share:.0%} item size "
+                      f"{min(sizes)}-{max(sizes)} B; capacity {args.wcu:g} WCU/s on "
+                      f"{args.partitions} partition(s); ddbpipe target {args.target_wcu:g}",
+                      flush=True)
+                order = list(results)
+                for run in range(args.runs):
+                    for name in order if run % 2 == 0 else order[::-1]:
+                        table = f"bench-throttle-{name}-{run}"
+                        create_numeric_table(backend, table)
+                        simulator.configure(table, wcu=args.wcu, partitions=args.partitions)
+                        log = CallLog()
+                        started = time.perf_counter()
+                        if name == "ddbpipe":
+                            outcome = ddbpipe_throttled(simulator.endpoint, export_dir, table,
+                                                        args.target_wcu, scratch, log)
+                        else:
+                            outcome = boto3_throttled(simulator.endpoint, items, table, log)
+                        seconds = time.perf_counter() - started
+                        stats = simulator.stats(table)
+                        stored = count_items(backend, table)
+                        simulator.unconfigure(table)
+                        drop_table(backend, table)
+                        total_calls = len(log.calls)
+                        throttled = log.count("throttled") + log.count("unprocessed")
+                        row = {
+                            "seconds": seconds,
+                            "lost": args.items - stored,
+                            "calls": total_calls,
+                            "throttled_calls": throttled,
+                            "throttled_ratio": throttled / max(total_calls, 1),
+                            "sim_throttled": stats.throttled_requests,
+                            "sim_unprocessed_calls": stats.calls_with_unprocessed,
+                            "accepted_wcu": stats.accepted_wcu,
+                            "use": stats.accepted_wcu / (args.wcu * seconds),
+                            "steady_use": _steady_mean(stats.wcu_per_second) / args.wcu,
+                            "timeline": _timeline(stats.wcu_per_second, log),
+                            **outcome,
+                        }
+                        results[name].append(row)
+                        print(f"  run {run} {name:8s} {seconds:6.1f} s lost {row['lost']} "
+                              f"calls {total_calls} throttled {throttled} "
+                              f"({row['throttled_ratio']:.1%}; simulator "
+                              f"{stats.throttled_requests}+{stats.calls_with_unprocessed}) "
+                              f"accepted {stats.accepted_wcu:,.0f} WCU use {row['use']:.1%} "
+                              f"steady {row['steady_use']:.1%}"
+                              + (f" error: {outcome['error']}" if outcome["error"] else ""),
+                              flush=True)
+                        print(f"    per second (accepted WCU/throttled calls/calls): "
+                              f"{row['timeline']}", flush=True)
+        finally:
+            simulator.stop()
+    finally:
+        server.stop()
+    print(f"\nitems={args.items} capacity={args.wcu:g} WCU/s partitions={args.partitions} "
+          f"hot share={args.hot_share:.0%} runs={args.runs}")
+    print("| writer | completion s | items lost | throttled calls / calls | "
+          "WCU used / available | steady-state use |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rows in results.items():
+        def med(key: str, rows: list[dict[str, Any]] = rows) -> float:
+            return _median([r[key] for r in rows])
+
+        print(f"| {name} | {med('seconds'):.1f} ({_runs([r['seconds'] for r in rows], '.1f')}) | "
+              f"{_runs([r['lost'] for r in rows], '.0f')} | "
+              f"{med('throttled_ratio'):.1%} ({_runs([r['throttled_ratio'] for r in rows], '.1%')};"
+              f" calls {_runs([r['calls'] for r in rows], '.0f')}) | "
+              f"{med('use'):.1%} ({_runs([r['use'] for r in rows], '.1%')}) | "
+              f"{med('steady_use'):.1%} ({_runs([r['steady_use'] for r in rows], '.1%')}) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=("local", "throttled", "all"))
+    parser.add_argument("--items", type=int, default=None,
+                        help="items (default 20000 for local, 12000 for throttled)")
+    parser.add_argument("--segments", type=int, default=4, help="export segments (local)")
+    parser.add_argument("--runs", type=int, default=None, help="runs (default 3 / 2)")
+    parser.add_argument("--wcu", type=float, default=400.0, help="simulated table capacity")
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--target-wcu", type=float, default=2000.0, help="ddbpipe's target")
+    parser.add_argument("--hot-share", type=float, default=0.3)
+    args = parser.parse_args()
+    if args.part in ("local", "all"):
+        local_args = argparse.Namespace(**vars(args))
+        local_args.items = args.items or 20_000
+        local_args.runs = args.runs or 3
+        local_part(local_args)
+    if args.part in ("throttled", "all"):
+        throttled_args = argparse.Namespace(**vars(args))
+        throttled_args.items = args.items or 12_000
+        throttled_args.runs = args.runs or 2
+        throttled_part(throttled_args)
+
+
+if __name__ == "__main__":
+    main()
