@@ -124,7 +124,8 @@ def _encode(document: dict[str, Any]) -> bytes:
     return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
 
 
-def _decode(data: bytes, what: str) -> dict[str, Any]:
+def decode_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON document that must be an object; anything else is CorruptDataError naming it."""
     try:
         document = msgspec.json.decode(data)
     except msgspec.DecodeError as error:
@@ -139,7 +140,7 @@ def encode_plan(plan: ExportPlan) -> bytes:
 
 
 def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
-    document = _decode(data, what)
+    document = decode_json_object(data, what)
     check_format_version(document, what)
     try:
         return ExportPlan(
@@ -159,7 +160,7 @@ def encode_checkpoint(checkpoint: SegmentCheckpoint) -> bytes:
 
 
 def decode_checkpoint(data: bytes, what: str) -> SegmentCheckpoint:
-    document = _decode(data, what)
+    document = decode_json_object(data, what)
     try:
         return SegmentCheckpoint(
             segment=int(document["segment"]),
@@ -242,7 +243,7 @@ def encode_manifest(manifest: ExportManifest) -> bytes:
 
 
 def decode_manifest(data: bytes, what: str = MANIFEST_KEY) -> ExportManifest:
-    document = _decode(data, what)
+    document = decode_json_object(data, what)
     check_format_version(document, what)
     try:
         plan = decode_plan(data, what)

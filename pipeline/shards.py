@@ -324,7 +324,23 @@ def decompressed(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
 def _zstd_stream(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
     """Decompress a zstd stream of one or more frames; fail if the last frame is cut off."""
     decompressor = zstandard.ZstdDecompressor()
-    frame = decompressor.decompressobj()
+    return _frames(chunks, key, decompressor.decompressobj, zstandard.ZstdError, "zstd")
+
+
+def _gzip_stream(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
+    """Decompress a gzip stream of one or more members; fail if the last member is cut off."""
+    return _frames(chunks, key, lambda: zlib.decompressobj(_GZIP_WBITS), zlib.error, "gzip")
+
+
+def _frames(
+    chunks: Iterable[bytes],
+    key: str,
+    new_frame: Callable[[], Any],
+    error_type: type[Exception],
+    name: str,
+) -> Iterator[bytes]:
+    """Decompress concatenated frames (zstd frames, gzip members), each by a fresh decoder."""
+    frame = new_frame()
     started = False
     in_frame = False
     try:
@@ -335,37 +351,14 @@ def _zstd_stream(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
                 if not frame.eof:
                     break
                 chunk = frame.unused_data
-                frame = decompressor.decompressobj()
+                frame = new_frame()
                 in_frame = False
-    except zstandard.ZstdError as exc:
-        raise CorruptDataError(f"{key}: corrupt zstd data ({exc})") from None
+    except error_type as exc:
+        raise CorruptDataError(f"{key}: corrupt {name} data ({exc})") from None
     if not started:
-        raise CorruptDataError(f"{key}: empty file, expected zstd data")
+        raise CorruptDataError(f"{key}: empty file, expected {name} data")
     if in_frame:
-        raise CorruptDataError(f"{key}: truncated zstd data (the last frame does not end)")
-
-
-def _gzip_stream(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
-    """Decompress a gzip stream of one or more members; fail if the last member is cut off."""
-    member = zlib.decompressobj(_GZIP_WBITS)
-    started = False
-    in_member = False
-    try:
-        for chunk in chunks:
-            while chunk:
-                started = in_member = True
-                yield member.decompress(chunk)
-                if not member.eof:
-                    break
-                chunk = member.unused_data
-                member = zlib.decompressobj(_GZIP_WBITS)
-                in_member = False
-    except zlib.error as exc:
-        raise CorruptDataError(f"{key}: corrupt gzip data ({exc})") from None
-    if not started:
-        raise CorruptDataError(f"{key}: empty file, expected gzip data")
-    if in_member:
-        raise CorruptDataError(f"{key}: truncated gzip data (the stream does not end)")
+        raise CorruptDataError(f"{key}: truncated {name} data (the last frame does not end)")
 
 
 def _ndjson_items(stream: Iterator[bytes], key: str) -> Iterator[bytes]:

@@ -37,12 +37,11 @@ from .manifest import (
     DATA_PREFIX,
     MANIFEST_KEY,
     STATE_KEY,
+    decode_json_object,
     decode_manifest,
     md5_base64,
 )
 from .records import RecordKind, WriteRecord
-
-# shards.py has no public "decompressed stream" helper yet; these are its own decoders.
 from .shards import decompressed, iter_shard_items
 from .storage import ObjectInfo, ObjectStore
 
@@ -208,7 +207,7 @@ def _nested_aws_export(store: ObjectStore, listing: Sequence[ObjectInfo]) -> str
 async def _open_aws_export(store: ObjectStore, base: str) -> ImportSource:
     """The AWS export whose manifests are at ``base`` ("" or "…/AWSDynamoDB/<id>/")."""
     summary_key, files_key = base + AWS_SUMMARY_KEY, base + AWS_FILES_KEY
-    summary = _decode_json_object(
+    summary = decode_json_object(
         await _checked_manifest(store, summary_key), _where(store, summary_key)
     )
     kind = _aws_kind(summary, _where(store, summary_key))
@@ -243,16 +242,6 @@ async def _checked_manifest(store: ObjectStore, key: str) -> bytes:
                 f"{_where(store, key)}: MD5 does not match {checksum_key} (the manifest changed "
                 "or is damaged)"
             )
-    return document
-
-
-def _decode_json_object(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        document = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise CorruptDataError(f"{where} is not valid JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise CorruptDataError(f"{where} is not a JSON object")
     return document
 
 
