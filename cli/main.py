@@ -72,7 +72,7 @@ def export(
         int | None,
         typer.Option(
             min=1, max=1_000_000,
-            help="Parallel Scan segments [default: one per ~2 GB, at least one per core].",
+            help="Parallel Scan segments (default: one per ~2 GB, at least one per core).",
         ),
     ] = None,
     format: Annotated[
@@ -80,14 +80,14 @@ def export(
         typer.Option(
             "--format",
             help="ndjson (AWS export line format) or parquet (typed columns + lossless _item) "
-            "[default: ndjson].",
+            "(default: ndjson).",
         ),
     ] = None,
     compression: Annotated[
         str | None,
         typer.Option(
             help="NDJSON compression: zstd, gzip (what AWS tools expect) or none "
-            "[default: zstd]. Parquet always uses zstd inside the file."
+            "(default: zstd). Parquet always uses zstd inside the file."
         ),
     ] = None,
     max_rcu: Annotated[
@@ -97,15 +97,17 @@ def export(
     page_size: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Items per Scan request [default: as many as fit in DynamoDB's 1 MB "
-            "page]. Smaller pages make --max-rcu smoother.",
+            min=1, help="Items per Scan request (default: as many as fit in DynamoDB's 1 MB "
+            "page). Smaller pages make --max-rcu smoother.",
         ),
     ] = None,
     consistent_read: Annotated[
-        bool, typer.Option(help="Strongly consistent reads (cost twice the RCU).")
+        bool,
+        typer.Option("--consistent-read", help="Strongly consistent reads (twice the RCU)."),
     ] = False,
     resume: Annotated[
-        bool, typer.Option(help="Continue an unfinished export at DEST from its checkpoints.")
+        bool,
+        typer.Option("--resume", help="Continue an unfinished export at DEST from checkpoints."),
     ] = False,
     json_output: JsonOutput = False,
     region: Region = None,
@@ -163,30 +165,33 @@ def import_(
         float | None,
         typer.Option(
             help="Write capacity units per second to hold (1 KB units, each item rounded up) "
-            "[default: the table's provisioned WCU; 4000 for on-demand tables]. Lowered "
+            "(default: the table's provisioned WCU; 4000 for on-demand tables). Lowered "
             "automatically while DynamoDB throttles.",
         ),
     ] = None,
     create_table: Annotated[
         bool,
-        typer.Option(help="Create TABLE (which must not exist) from the export's saved schema; "
-                     "GSIs are added after the data is loaded."),
+        typer.Option(
+            "--create-table",
+            help="Create TABLE (which must not exist) from the export's saved schema; GSIs are "
+            "added after the data is loaded.",
+        ),
     ] = False,
     without_indexes: Annotated[
-        bool, typer.Option(help="With --create-table: do not add the GSIs.")
+        bool, typer.Option("--without-indexes", help="With --create-table: do not add the GSIs.")
     ] = False,
     resume: Annotated[
-        bool, typer.Option(help="Continue a killed import from its checkpoint file.")
+        bool, typer.Option("--resume", help="Continue a killed import from its checkpoint file.")
     ] = False,
     dead_letter: Annotated[
         str | None,
         typer.Option(help="Where items that cannot be written go, one JSON line each with the "
-                     "reason [default: ddbpipe-import-TABLE.dead-letter.jsonl]."),
+                     "reason (default: ddbpipe-import-TABLE.dead-letter.jsonl)."),
     ] = None,
     checkpoint: Annotated[
         str | None,
         typer.Option(help="The import's checkpoint file, removed when the import finishes "
-                     "[default: ddbpipe-import-TABLE.checkpoint.json]."),
+                     "(default: ddbpipe-import-TABLE.checkpoint.json)."),
     ] = None,
     json_output: JsonOutput = False,
     region: Region = None,
@@ -242,7 +247,7 @@ def verify(
     source: Annotated[str, typer.Argument(help="Local directory or s3://bucket/prefix.")],
     read_data: Annotated[
         bool,
-        typer.Option(help="Also download, checksum, decode and recount every shard."),
+        typer.Option("--read-data", help="Also download, checksum, decode and recount all shards."),
     ] = False,
     json_output: JsonOutput = False,
     region: Region = None,
