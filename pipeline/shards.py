@@ -17,9 +17,12 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain
 from typing import Any, BinaryIO
 
 import msgspec
@@ -149,9 +152,10 @@ class FinishedShard:
 class ShardWriter:
     """Writes one shard to a temp file from the raw items of Scan pages.
 
-    NDJSON streams through the compressor into the file as pages arrive. Parquet keeps the
-    shard's raw items (the caller bounds them with ``raw_bytes``) and writes at ``close``,
-    because the typed columns are chosen from all items of the shard.
+    NDJSON streams through the compressor into the file as pages arrive. Parquet spools the
+    shard's raw items to a temp file and converts them at ``close`` (the typed columns are
+    chosen from all items of the shard); at most ``PARQUET_CONVERSIONS_AT_ONCE`` shards are
+    converted at the same time, so memory stays bounded however many segments run.
     """
 
     def __init__(
@@ -168,7 +172,12 @@ class ShardWriter:
         self._item_count = 0
         self._raw_bytes = 0
         self._checksums = Checksums()
-        self._pending: list[Any] = []  # Parquet only: raw items until close
+        # Parquet only: the raw items until close, back to back, and where each one ends.
+        self._spool_ends = array("q")
+        self._spool: BinaryIO | None = (
+            # Closed by close()/discard(): it lives as long as the writer, not a block.
+            tempfile.TemporaryFile(dir=spool_dir) if format == "parquet" else None  # noqa: SIM115
+        )
         self._compress, self._flush = _compressor(format, compression)
         fd, self._path = tempfile.mkstemp(prefix="shard-", suffix=suffix, dir=spool_dir)
         self._file: BinaryIO = os.fdopen(fd, "wb")
@@ -188,9 +197,12 @@ class ShardWriter:
         self._check_open()
         if not items:
             return
-        if self.format == "parquet":
-            self._pending.extend(items)
-            self._raw_bytes += sum(map(len, items))
+        if self._spool is not None:
+            self._spool.write(b"".join(items))
+            ends = accumulate(map(len, items), initial=self._raw_bytes)
+            next(ends)  # where this page's first item starts
+            self._spool_ends.extend(ends)
+            self._raw_bytes = self._spool_ends[-1]
         else:
             pieces = codec.ndjson_pieces(items)
             # The raw bytes are the items themselves, without the {"Item":...} wrapping.
@@ -225,8 +237,8 @@ class ShardWriter:
     def discard(self) -> None:
         """Drop the shard: close and delete the temp file (safe to call more than once)."""
         self._done = True
-        self._pending = []
         self._file.close()
+        self._close_spool()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path)
 
@@ -247,9 +259,26 @@ class ShardWriter:
             self._checksums.update(data)
             self._file.write(data)
 
+    def _close_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def _spooled_items(self) -> list[memoryview]:
+        assert self._spool is not None
+        self._spool.seek(0)
+        data = memoryview(self._spool.read())
+        self._close_spool()
+        ends = self._spool_ends
+        starts = chain((0,), ends)  # one longer than ends: its last value is the total
+        return [data[start:end] for start, end in zip(starts, ends, strict=False)]
+
     def _write_parquet(self) -> None:
-        table = codec.items_to_arrow(self._pending, self.key_attributes)
-        self._pending = []
+        with _parquet_conversions:
+            self._convert_to_parquet()
+
+    def _convert_to_parquet(self) -> None:
+        table = codec.items_to_arrow(self._spooled_items(), self.key_attributes)
         pq.write_table(
             table,
             _HashingFile(self._file, self._checksums),
@@ -261,6 +290,11 @@ class ShardWriter:
 
 
 _LINE_OVERHEAD = len(b'{"Item":}\n')
+
+
+#: Parquet shards converted at the same time (each holds its shard's items in memory).
+PARQUET_CONVERSIONS_AT_ONCE = 2
+_parquet_conversions = threading.BoundedSemaphore(PARQUET_CONVERSIONS_AT_ONCE)
 
 
 def _compressor(
