@@ -18,7 +18,9 @@ dynamodump, then restored into a fresh table per run by
   (``iter_shard_items`` + ``msgspec`` + ``TypeDeserializer``); the table is created first.
 
 Every restore is checked by counting the target table (Scan, Select=COUNT) and the table is
-dropped afterwards. Medians of ``--runs`` alternating runs; ratios against dynamodump.
+dropped afterwards. Medians of ``--runs`` alternating runs; ratios against dynamodump. Also
+reported per run: the CPU seconds of the client (this process, or the dynamodump process with
+its start-up) and of DynamoDB Local, which shares the machine's cores with the client.
 
 ``throttled``: the capacity simulator (``tools/capacity_simulator.py``) in front of DynamoDB
 Local gives the target table ``--wcu`` WCU/s on ``--partitions`` partition(s), no burst
@@ -32,8 +34,9 @@ numeric sort keys), exported by ddbpipe, then written through the simulator by
 Per run: completion time, items lost (source count minus a Scan COUNT of the table on the
 backend), BatchWriteItem calls counted on the client side (throttled = refused with
 ProvisionedThroughputExceededException or answered with UnprocessedItems), and accepted WCU
-from the simulator, against capacity x duration and as the mean of the per-second series over
-the steady part (from the 3rd second to the last full second).
+from the simulator, against what the table offered (capacity x (duration + 1 s): a fresh
+simulated table starts with one second's allowance) and as the mean of the per-second series
+over the steady part (from the 3rd second to the last full second).
 
     .venv/bin/python benchmarks/import_bench.py local --items 20000 --runs 3
     .venv/bin/python benchmarks/import_bench.py throttled --items 12000 --wcu 400 --runs 2
@@ -43,11 +46,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import venv
 from collections.abc import Callable, Iterator
@@ -111,7 +117,7 @@ def export_items(export_dir: Path) -> Iterator[dict[str, Any]]:
 def _deserializer() -> Any:
     from boto3.dynamodb.types import Binary, TypeDeserializer
 
-    class WireDeserializer(TypeDeserializer):  # type: ignore[misc]
+    class WireDeserializer(TypeDeserializer):
         """TypeDeserializer for the JSON wire form, where binary values are base64 text."""
 
         def _deserialize_b(self, value: str) -> Binary:
@@ -131,6 +137,19 @@ def _resource_table(endpoint: str, table: str, **config: Any) -> Any:
         "dynamodb", endpoint_url=endpoint, region_name="us-east-1", config=Config(**config)
     )
     return resource.Table(table)
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_and_children_cpu() -> float:
+    """CPU seconds of this process plus its finished children (dynamodump runs as one)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _median(values: list[float]) -> float:
@@ -165,14 +184,39 @@ _TIMED_MAIN = (
 )
 
 
-def dynamodump_args(mode: str, endpoint: str, source: str, dump: Path, dest: str | None) -> list[str]:
+def dynamodump_args(
+    mode: str, endpoint: str, source: str, dump: Path, dest: str | None
+) -> list[str]:
     host, port = endpoint.removeprefix("http://").split(":")
-    args = ["-m", mode, "-r", "local", "--host", host, "--port", port,
-            "--accessKey", ACCESS_KEY, "--secretKey", SECRET_KEY,
-            "-s", source, "--dumpPath", str(dump), "--log", "WARNING"]
+    args = [
+        "-m",
+        mode,
+        "-r",
+        "local",
+        "--host",
+        host,
+        "--port",
+        port,
+        "--accessKey",
+        ACCESS_KEY,
+        "--secretKey",
+        SECRET_KEY,
+        "-s",
+        source,
+        "--dumpPath",
+        str(dump),
+        "--log",
+        "WARNING",
+    ]
     if dest is not None:
-        args += ["-d", dest, "--noConfirm", "--billingMode", "PAY_PER_REQUEST",
-                 "--skipThroughputUpdate"]
+        args += [
+            "-d",
+            dest,
+            "--noConfirm",
+            "--billingMode",
+            "PAY_PER_REQUEST",
+            "--skipThroughputUpdate",
+        ]
     return args
 
 
@@ -181,7 +225,9 @@ def run_dynamodump(args: list[str]) -> tuple[float, float]:
     started = time.perf_counter()
     done = subprocess.run(
         [str(dynamodump_python()), "-c", _TIMED_MAIN, *args],
-        capture_output=True, text=True, cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
     )
     wall = time.perf_counter() - started
     if done.returncode != 0 or "main_seconds" not in done.stdout:
@@ -195,8 +241,11 @@ def dynamodump_startup() -> float:
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([str(dynamodump_python()), "-c", "import dynamodump.dynamodump"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(dynamodump_python()), "-c", "import dynamodump.dynamodump"],
+            check=True,
+            capture_output=True,
+        )
         times.append(time.perf_counter() - started)
     return _median(times)
 
@@ -209,7 +258,11 @@ def ddbpipe_restore(endpoint: str, export_dir: Path, table: str, scratch: Path) 
 
     started = time.perf_counter()
     summary = ddbpipe.import_table(
-        str(export_dir), table, target_wcu=40_000, create_table=True, endpoint_url=endpoint,
+        str(export_dir),
+        table,
+        target_wcu=40_000,
+        create_table=True,
+        endpoint_url=endpoint,
         checkpoint=str(scratch / f"{table}.checkpoint.json"),
         dead_letter=str(scratch / f"{table}.dead-letter.jsonl"),
     )
@@ -234,6 +287,8 @@ def local_part(args: argparse.Namespace) -> None:
     services.use_local_credentials()
     server = services.start_dynamodb_local()
     rates: dict[str, list[float]] = {"dynamodump": [], "boto3": [], "ddbpipe": []}
+    client_cpu: dict[str, list[float]] = {name: [] for name in rates}
+    server_cpu: dict[str, list[float]] = {name: [] for name in rates}
     walls: list[float] = []
     try:
         endpoint = server.endpoint
@@ -245,16 +300,20 @@ def local_part(args: argparse.Namespace) -> None:
             export_dir = scratch / "export"
             import ddbpipe
 
-            exported = ddbpipe.export_table(source, str(export_dir), segments=args.segments,
-                                            endpoint_url=endpoint)
+            exported = ddbpipe.export_table(
+                source, str(export_dir), segments=args.segments, endpoint_url=endpoint
+            )
             assert exported.items == args.items, exported
             dump = scratch / "dump"
             run_dynamodump(dynamodump_args("backup", endpoint, source, dump, None))
             startup = dynamodump_startup()
             pages = sorted((dump / source / "data").iterdir())
-            print(f"items={args.items} ddbpipe export: {len(list((export_dir / 'data').iterdir()))}"
-                  f" shards; dynamodump backup: {len(pages)} pages; "
-                  f"dynamodump start-up {startup:.2f} s", flush=True)
+            print(
+                f"items={args.items} ddbpipe export: {len(list((export_dir / 'data').iterdir()))}"
+                f" shards; dynamodump backup: {len(pages)} pages; "
+                f"dynamodump start-up {startup:.2f} s",
+                flush=True,
+            )
             restorers: dict[str, Callable[[str], float]] = {
                 "ddbpipe": lambda t: ddbpipe_restore(endpoint, export_dir, t, scratch),
                 "boto3": lambda t: boto3_restore(endpoint, export_dir, t),
@@ -262,7 +321,8 @@ def local_part(args: argparse.Namespace) -> None:
 
             def dynamodump_restore(table: str) -> float:
                 main_seconds, wall = run_dynamodump(
-                    dynamodump_args("restore", endpoint, source, dump, table))
+                    dynamodump_args("restore", endpoint, source, dump, table)
+                )
                 walls.append(wall)
                 return main_seconds
 
@@ -271,25 +331,44 @@ def local_part(args: argparse.Namespace) -> None:
             for run in range(args.runs):
                 for name in order if run % 2 == 0 else order[::-1]:
                     table = f"bench-import-{name}-{run}"
+                    cpu_before = _own_and_children_cpu()
+                    server_before = _process_cpu(server.process.pid)
                     seconds = restorers[name](table)
+                    client_cpu[name].append(_own_and_children_cpu() - cpu_before)
+                    server_cpu[name].append(_process_cpu(server.process.pid) - server_before)
                     counted = count_items(endpoint, table)
                     assert counted == args.items, (name, counted)
                     drop_table(endpoint, table)
                     rates[name].append(args.items / seconds)
-                    print(f"  run {run} {name:10s} {seconds:6.2f} s "
-                          f"{args.items / seconds:>8,.0f} items/s", flush=True)
+                    print(
+                        f"  run {run} {name:10s} {seconds:6.2f} s "
+                        f"{args.items / seconds:>8,.0f} items/s; CPU s: client "
+                        f"{client_cpu[name][-1]:.2f}, DynamoDB Local {server_cpu[name][-1]:.2f}",
+                        flush=True,
+                    )
     finally:
         server.stop()
     base = _median(rates["dynamodump"])
     print(f"\nitems={args.items} segments={args.segments} runs={args.runs}")
-    print("| importer | median items/s | runs | vs dynamodump |")
-    print("|---|---:|---|---:|")
+    base_cpu = args.items / _median(client_cpu["dynamodump"])
+    print(
+        "| importer | median items/s | runs | vs dynamodump | items per client CPU-s "
+        "| vs dynamodump | DynamoDB Local CPU-s |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|")
     for name in ("dynamodump", "boto3", "ddbpipe"):
-        print(f"| {name} | {_median(rates[name]):,.0f} | {_runs(rates[name])} | "
-              f"{_median(rates[name]) / base:.2f}x |")
+        per_cpu = args.items / _median(client_cpu[name])
+        print(
+            f"| {name} | {_median(rates[name]):,.0f} | {_runs(rates[name])} | "
+            f"{_median(rates[name]) / base:.2f}x | {per_cpu:,.0f} | {per_cpu / base_cpu:.2f}x "
+            f"| {_median(server_cpu[name]):.1f} |"
+        )
     wall_rate = args.items / _median(walls)
-    print(f"dynamodump whole process (start-up included): median {_median(walls):.2f} s, "
-          f"{wall_rate:,.0f} items/s; ddbpipe vs that: {_median(rates['ddbpipe']) / wall_rate:.2f}x")
+    ratio = _median(rates["ddbpipe"]) / wall_rate
+    print(
+        f"dynamodump whole process (start-up included): median {_median(walls):.2f} s, "
+        f"{wall_rate:,.0f} items/s; ddbpipe vs that: {ratio:.2f}x"
+    )
 
 
 # --- part 2: throttled -------------------------------------------------------------------------
@@ -317,14 +396,19 @@ def create_numeric_table(endpoint: str, table: str) -> None:
     client = _client(endpoint)
     client.create_table(
         TableName=table,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                   {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "N"}],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
-    client.get_waiter("table_exists").wait(TableName=table,
-                                           WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    client.get_waiter("table_exists").wait(
+        TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
 
 
 @dataclass
@@ -333,6 +417,8 @@ class CallLog:
 
     started: float = field(default_factory=time.perf_counter)
     calls: list[tuple[float, str]] = field(default_factory=list)
+    #: (time, write rate ddbpipe's controller aimed at), sampled; empty for boto3.
+    rates: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, outcome: str) -> None:
         self.calls.append((time.perf_counter() - self.started, outcome))
@@ -341,8 +427,9 @@ class CallLog:
         return sum(1 for _, o in self.calls if o == outcome)
 
 
-def ddbpipe_throttled(endpoint: str, export_dir: Path, table: str, target_wcu: float,
-                      scratch: Path, log: CallLog) -> dict[str, Any]:
+def ddbpipe_throttled(
+    endpoint: str, export_dir: Path, table: str, target_wcu: float, scratch: Path, log: CallLog
+) -> dict[str, Any]:
     import ddbpipe
     from ddbpipe import dynamo
     from ddbpipe.errors import ThrottledError
@@ -361,22 +448,42 @@ def ddbpipe_throttled(endpoint: str, export_dir: Path, table: str, target_wcu: f
         log.add("unprocessed" if (reply.get("UnprocessedItems") or {}).get(table_name) else "ok")
         return reply
 
-    dynamo.DynamoClient.batch_write = counted  # type: ignore[method-assign]
+    progress = ddbpipe.JobProgress()
+    finished = threading.Event()
+
+    def sample_rate() -> None:
+        while not finished.wait(0.1):
+            if progress.current_rate:
+                log.rates.append((time.perf_counter() - log.started, progress.current_rate))
+
+    sampler = threading.Thread(target=sample_rate, daemon=True)
+    dynamo.DynamoClient.batch_write = counted
+    sampler.start()
     try:
         summary = ddbpipe.import_table(
-            str(export_dir), table, target_wcu=target_wcu, endpoint_url=endpoint,
+            str(export_dir),
+            table,
+            target_wcu=target_wcu,
+            endpoint_url=endpoint,
             checkpoint=str(scratch / f"{table}.checkpoint.json"),
             dead_letter=str(scratch / f"{table}.dead-letter.jsonl"),
+            progress=progress,
         )
     finally:
-        dynamo.DynamoClient.batch_write = original  # type: ignore[method-assign]
-    return {"error": None, "dead_lettered": summary.items_dead_lettered,
-            "summary_throttled": summary.throttled_requests,
-            "summary_unprocessed_items": summary.unprocessed_items}
+        dynamo.DynamoClient.batch_write = original
+        finished.set()
+        sampler.join()
+    return {
+        "error": None,
+        "dead_lettered": summary.items_dead_lettered,
+        "summary_throttled": summary.throttled_requests,
+        "summary_unprocessed_items": summary.unprocessed_items,
+    }
 
 
-def boto3_throttled(endpoint: str, items: list[dict[str, Any]], table: str,
-                    log: CallLog) -> dict[str, Any]:
+def boto3_throttled(
+    endpoint: str, items: list[dict[str, Any]], table: str, log: CallLog
+) -> dict[str, Any]:
     target = _resource_table(endpoint, table, retries={"mode": "adaptive", "max_attempts": 10})
     events = target.meta.client.meta.events
 
@@ -428,9 +535,14 @@ def _timeline(series: tuple[tuple[int, float], ...], log: CallLog) -> str:
         calls[second] = calls.get(second, 0) + 1
         if outcome in ("throttled", "unprocessed"):
             throttles[second] = throttles.get(second, 0) + 1
+    lowest_rate: dict[int, float] = {}
+    for moment, rate in log.rates:
+        second = int(moment)
+        lowest_rate[second] = min(rate, lowest_rate.get(second, rate))
     last = max([*per_second, *calls, 0])
     return " ".join(
         f"{s}:{per_second.get(s, 0.0):.0f}/{throttles.get(s, 0)}t/{calls.get(s, 0)}c"
+        + (f"/r{lowest_rate[s]:.0f}" if s in lowest_rate else "")
         for s in range(last + 1)
     )
 
@@ -447,8 +559,7 @@ def throttled_part(args: argparse.Namespace) -> None:
         try:
             source = "bench-throttle-src"
             create_numeric_table(backend, source)
-            sample_data.fill_table(backend, source,
-                                   throttled_items(args.items, args.hot_share))
+            sample_data.fill_table(backend, source, throttled_items(args.items, args.hot_share))
             with tempfile.TemporaryDirectory() as scratch_name:
                 scratch = Path(scratch_name)
                 export_dir = scratch / "export"
@@ -458,10 +569,12 @@ def throttled_part(args: argparse.Namespace) -> None:
                 items = list(export_items(export_dir))
                 assert len(items) == args.items
                 sizes = [sample_data.item_size(i) for i in items]
-                print(f"items={args.items} hot share={args.hot_share:.0%} item size "
-                      f"{min(sizes)}-{max(sizes)} B; capacity {args.wcu:g} WCU/s on "
-                      f"{args.partitions} partition(s); ddbpipe target {args.target_wcu:g}",
-                      flush=True)
+                print(
+                    f"items={args.items} hot share={args.hot_share:.0%} item size "
+                    f"{min(sizes)}-{max(sizes)} B; capacity {args.wcu:g} WCU/s on "
+                    f"{args.partitions} partition(s); ddbpipe target {args.target_wcu:g}",
+                    flush=True,
+                )
                 order = list(results)
                 for run in range(args.runs):
                     for name in order if run % 2 == 0 else order[::-1]:
@@ -471,8 +584,9 @@ def throttled_part(args: argparse.Namespace) -> None:
                         log = CallLog()
                         started = time.perf_counter()
                         if name == "ddbpipe":
-                            outcome = ddbpipe_throttled(simulator.endpoint, export_dir, table,
-                                                        args.target_wcu, scratch, log)
+                            outcome = ddbpipe_throttled(
+                                simulator.endpoint, export_dir, table, args.target_wcu, scratch, log
+                            )
                         else:
                             outcome = boto3_throttled(simulator.endpoint, items, table, log)
                         seconds = time.perf_counter() - started
@@ -491,48 +605,65 @@ def throttled_part(args: argparse.Namespace) -> None:
                             "sim_throttled": stats.throttled_requests,
                             "sim_unprocessed_calls": stats.calls_with_unprocessed,
                             "accepted_wcu": stats.accepted_wcu,
-                            "use": stats.accepted_wcu / (args.wcu * seconds),
+                            # A fresh simulated table holds one second's allowance.
+                            "use": stats.accepted_wcu / (args.wcu * (seconds + 1.0)),
                             "steady_use": _steady_mean(stats.wcu_per_second) / args.wcu,
                             "timeline": _timeline(stats.wcu_per_second, log),
                             **outcome,
                         }
                         results[name].append(row)
-                        print(f"  run {run} {name:8s} {seconds:6.1f} s lost {row['lost']} "
-                              f"calls {total_calls} throttled {throttled} "
-                              f"({row['throttled_ratio']:.1%}; simulator "
-                              f"{stats.throttled_requests}+{stats.calls_with_unprocessed}) "
-                              f"accepted {stats.accepted_wcu:,.0f} WCU use {row['use']:.1%} "
-                              f"steady {row['steady_use']:.1%}"
-                              + (f" error: {outcome['error']}" if outcome["error"] else ""),
-                              flush=True)
-                        print(f"    per second (accepted WCU/throttled calls/calls): "
-                              f"{row['timeline']}", flush=True)
+                        print(
+                            f"  run {run} {name:8s} {seconds:6.1f} s lost {row['lost']} "
+                            f"calls {total_calls} throttled {throttled} "
+                            f"({row['throttled_ratio']:.1%}; simulator "
+                            f"{stats.throttled_requests}+{stats.calls_with_unprocessed}) "
+                            f"accepted {stats.accepted_wcu:,.0f} WCU use {row['use']:.1%} "
+                            f"steady {row['steady_use']:.1%}"
+                            + (f" error: {outcome['error']}" if outcome["error"] else ""),
+                            flush=True,
+                        )
+                        print(
+                            "    per second (accepted WCU/throttled calls/calls"
+                            f"[/lowest ddbpipe rate]): {row['timeline']}",
+                            flush=True,
+                        )
         finally:
             simulator.stop()
     finally:
         server.stop()
-    print(f"\nitems={args.items} capacity={args.wcu:g} WCU/s partitions={args.partitions} "
-          f"hot share={args.hot_share:.0%} runs={args.runs}")
-    print("| writer | completion s | items lost | throttled calls / calls | "
-          "WCU used / available | steady-state use |")
+    print(
+        f"\nitems={args.items} capacity={args.wcu:g} WCU/s partitions={args.partitions} "
+        f"hot share={args.hot_share:.0%} runs={args.runs}"
+    )
+    print(
+        "| writer | completion s | items lost | throttled calls / calls | "
+        "WCU used / available | steady-state use |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, rows in results.items():
+
         def med(key: str, rows: list[dict[str, Any]] = rows) -> float:
             return _median([r[key] for r in rows])
 
-        print(f"| {name} | {med('seconds'):.1f} ({_runs([r['seconds'] for r in rows], '.1f')}) | "
-              f"{_runs([r['lost'] for r in rows], '.0f')} | "
-              f"{med('throttled_ratio'):.1%} ({_runs([r['throttled_ratio'] for r in rows], '.1%')};"
-              f" calls {_runs([r['calls'] for r in rows], '.0f')}) | "
-              f"{med('use'):.1%} ({_runs([r['use'] for r in rows], '.1%')}) | "
-              f"{med('steady_use'):.1%} ({_runs([r['steady_use'] for r in rows], '.1%')}) |")
+        print(
+            f"| {name} | {med('seconds'):.1f} ({_runs([r['seconds'] for r in rows], '.1f')}) | "
+            f"{_runs([r['lost'] for r in rows], '.0f')} | "
+            f"{med('throttled_ratio'):.1%} ({_runs([r['throttled_ratio'] for r in rows], '.1%')};"
+            f" calls {_runs([r['calls'] for r in rows], '.0f')}) | "
+            f"{med('use'):.1%} ({_runs([r['use'] for r in rows], '.1%')}) | "
+            f"{med('steady_use'):.1%} ({_runs([r['steady_use'] for r in rows], '.1%')}) |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=("local", "throttled", "all"))
-    parser.add_argument("--items", type=int, default=None,
-                        help="items (default 20000 for local, 12000 for throttled)")
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=None,
+        help="items (default 20000 for local, 12000 for throttled)",
+    )
     parser.add_argument("--segments", type=int, default=4, help="export segments (local)")
     parser.add_argument("--runs", type=int, default=None, help="runs (default 3 / 2)")
     parser.add_argument("--wcu", type=float, default=400.0, help="simulated table capacity")
