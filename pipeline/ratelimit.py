@@ -157,6 +157,10 @@ def _check_rate(rate: float) -> None:
         raise ValueError(f"rate must be a positive number, not {rate}")
 
 
+#: With slow start, the rate doubles this often (seconds) until the target or a throttle.
+SLOW_START_DOUBLING = 0.25
+
+
 class AdaptiveRate:
     """The write rate (capacity units per second) an import runs at, adapted to throttling.
 
@@ -172,11 +176,17 @@ class AdaptiveRate:
     throttled, so it lingers there), then convex, probing faster the longer nothing throttles.
     ``c`` is scaled by the target so the curve has the same shape at 100 or 40,000 WCU/s.
 
-    A cut goes straight down to the rate the table actually delivered over the last
-    ``window`` seconds when that is lower than ``beta`` times the rate (and ``w_max`` becomes
-    that delivered rate): when a target is far above the table's capacity, cutting by 0.7 per
-    cooldown would take five cuts (five seconds of mostly throttled calls) to get from 2,000
-    to 400 WCU/s; the delivered rate gets there in one.
+    A cut goes straight down to the rate the table actually delivered since the previous cut
+    (at most ``window`` seconds back) when that is lower than ``beta`` times the rate, even
+    within the cooldown, and ``w_max`` becomes that delivered rate: when a target is far above
+    the table's capacity, cutting by 0.7 per cooldown would take five cuts (five seconds of
+    mostly throttled calls) to get from 2,000 to 400 WCU/s; the delivered rate gets there in
+    the second cut, a fifth of a window after the first.
+
+    ``slow_start`` (a fraction of the target) starts there instead and doubles the rate every
+    quarter second until the target or the first throttle, as TCP does: a table whose capacity
+    is far below the target then sees an overshoot of at most twice the rate that fit, not
+    the whole target, before the first cut.
 
     Why CUBIC and not AIMD, measured with the fluid model in ``tests/test_ratelimit.py``
     (target 1,000 WCU/s, capacity C below it for 80 s then back to the target, 0.1 s feedback
@@ -210,7 +220,8 @@ class AdaptiveRate:
         beta: float = 0.7,
         cubic_c: float = 0.004,
         cooldown: float = 1.0,
-        window: float = 1.0,
+        window: float = 0.5,
+        slow_start: float | None = None,
     ) -> None:
         _check_rate(target)
         if not 0 < beta < 1:
@@ -227,10 +238,12 @@ class AdaptiveRate:
         self._rate = self.target
         self._w_max = self.target
         self._last_cut: float | None = None
+        self._slow_start_from: float | None = None
+        if slow_start is not None:
+            self._start_slowly(slow_start)
         self.window = window
         # (time, units) the table accepted, over the last `window` seconds.
         self._delivered: deque[tuple[float, float]] = deque()
-        self._first_delivery: float | None = None
 
     @property
     def rate(self) -> float:
@@ -249,6 +262,7 @@ class AdaptiveRate:
         if cooling and not far_below:
             return False
         self._advance(now)
+        self._slow_start_from = None
         cut = self._rate * self.beta
         if delivered is not None and delivered < cut:
             self._w_max, cut = delivered, delivered
@@ -263,23 +277,26 @@ class AdaptiveRate:
         """The table accepted ``units`` (also the accepted part of a partly throttled call)."""
         now = self._clock.monotonic()
         if units > 0:
-            if self._first_delivery is None:
-                self._first_delivery = now
             self._delivered.append((now, units))
             self._forget_before(now - self.window)
         self._advance(now)
 
     def _delivered_rate(self, now: float) -> float | None:
-        """Units per second accepted over the last window; None with too little history."""
+        """Units per second the table accepted since the last cut (at most one window back).
+
+        Counting from the last cut leaves out what a table's burst credit let through before
+        it first throttled: that would make the table look faster than it is. None before
+        the first cut, too soon after it to tell, or while nothing has been accepted since.
+        """
         self._forget_before(now - self.window)
-        if self._first_delivery is None:
+        if self._last_cut is None:
             return None
-        # Early on, a shorter history will do: the first seconds are when a target far above
-        # the capacity throttles most.
-        history = min(self.window, now - self._first_delivery)
-        if history < self.window / 5:
+        since = max(self._last_cut, now - self.window)
+        if now - since < self.window / 5:
             return None
-        return sum(units for _, units in self._delivered) / history
+        accepted = sum(units for moment, units in self._delivered if moment > since)
+        # Nothing accepted yet may only mean the replies since the cut are still on their way.
+        return accepted / (now - since) if accepted > 0 else None
 
     def attach(self, bucket: TokenBucket) -> None:
         """Drive ``bucket`` from now on (its rate is set at once)."""
@@ -295,7 +312,21 @@ class AdaptiveRate:
         while self._delivered and self._delivered[0][0] <= moment:
             self._delivered.popleft()
 
+    def _start_slowly(self, fraction: float) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"slow_start must be in (0, 1], not {fraction}")
+        self._slow_start_from = self._clock.monotonic()
+        self._rate = max(self.floor, self.target * fraction)
+        self._slow_start_rate = self._rate
+
     def _advance(self, now: float) -> None:
+        if self._slow_start_from is not None:
+            # Doubling every SLOW_START_DOUBLING seconds until the target or the first throttle.
+            doublings = (now - self._slow_start_from) / SLOW_START_DOUBLING
+            self._apply(self._slow_start_rate * 2.0**doublings)
+            if self._rate >= self.target:
+                self._slow_start_from = None
+            return
         if self._last_cut is None or self._rate >= self.target:
             return
         # The rate holds through the cooldown: replies that were in flight at the cut may still

@@ -41,6 +41,9 @@ log = logging.getLogger("ddbpipe.import")
 
 #: DynamoDB serves at most this many WCU/s for one partition-key value (one partition).
 PARTITION_KEY_WCU = 1000.0
+#: The import starts at this fraction of --target-wcu and doubles every quarter second
+#: until the target or the first throttle (reaching the target within ~0.75 s).
+SLOW_START_FRACTION = 1 / 8
 #: The global bucket holds at least one batch of 1 KB items.
 MIN_BURST_WCU = 25.0
 
@@ -225,7 +228,7 @@ class _ImportRun:
         # A tenth of a second of credit: a full second at a target far above the table's
         # capacity arrives as one burst of throttled calls before the controller can react.
         bucket = TokenBucket(target_wcu, burst=max(target_wcu / 10, MIN_BURST_WCU))
-        controller = AdaptiveRate(target_wcu, bucket=bucket)
+        controller = AdaptiveRate(target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION)
         # The writer sees every throttle itself (one attempt per call) and retries per record.
         async with DynamoClient.open(
             self.options.aws, max_connections=self.options.concurrency + 4,

@@ -355,3 +355,42 @@ def test_fluid_model_cubic_against_aimd(
     # CUBIC regains the target in ~6 s whatever the gap; AIMD needs time proportional to it.
     assert with_cubic.seconds_to_recover < 7.0
     assert with_aimd.seconds_to_recover > 9.0
+
+
+def test_slow_start_doubles_every_quarter_second_up_to_the_target() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(1000, clock=clock, slow_start=1 / 8)
+    assert controller.rate == pytest.approx(125)
+    for expected in (250, 500, 1000, 1000):
+        clock.advance(0.25)
+        controller.on_success(10)
+        assert controller.rate == pytest.approx(expected)
+
+
+def test_slow_start_ends_at_the_first_throttle() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(1000, clock=clock, slow_start=1 / 8, cooldown=1.0)
+    clock.advance(0.5)
+    controller.on_success(10)
+    assert controller.rate == pytest.approx(500)
+    assert controller.on_throttle()
+    assert controller.rate == pytest.approx(350)
+    clock.advance(0.5)  # still cooling down: no doubling any more
+    controller.on_success(10)
+    assert controller.rate == pytest.approx(350)
+
+
+def test_a_cut_goes_down_to_what_the_table_delivered_since_the_last_cut() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(2000, clock=clock, cooldown=1.0)
+    assert controller.on_throttle()  # no delivery history yet: a plain 0.7 cut
+    assert controller.rate == pytest.approx(1400)
+    for _ in range(10):  # the table takes 400 units/s while we send 1,400
+        clock.advance(0.05)
+        controller.on_success(20)
+    assert controller.on_throttle()  # inside the cooldown, but far below the rate
+    assert controller.rate == pytest.approx(400)
+    assert controller.cuts == 2
+    clock.advance(0.05)
+    controller.on_success(20)
+    assert not controller.on_throttle()  # delivered ~ rate now: one congestion event
