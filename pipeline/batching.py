@@ -156,6 +156,9 @@ class BatchBuilder:
         self._ready_count = 0
         self._busy: set[Key] = set()
         self._held = 0
+        # Each record's key, computed once while the record is here (by identity: records are
+        # frozen and their items are dicts); dropped when the record is finished.
+        self._keys: dict[int, Key] = {}
 
     def __len__(self) -> int:
         """Records held here (not taken, or put back for a retry)."""
@@ -172,13 +175,16 @@ class BatchBuilder:
         return len(self._busy)
 
     def key_of(self, record: WriteRecord) -> Key:
-        return tuple(_hashable(record.item.get(name)) for name in self.key_attributes)
+        key = self._keys.get(id(record))
+        if key is None:
+            key = tuple(_hashable(record.item.get(name)) for name in self.key_attributes)
+        return key
 
     def partition_key_of(self, record: WriteRecord) -> Hashable:
-        return _hashable(record.item.get(self.key_attributes[0]))
+        return self.key_of(record)[0]
 
     def add(self, record: WriteRecord) -> None:
-        key = self.key_of(record)
+        key = self._keys[id(record)] = self.key_of(record)
         self._waiting.setdefault(key, deque()).append(record)
         self._held += 1
         if key not in self._busy:
@@ -214,6 +220,7 @@ class BatchBuilder:
     def finish(self, record: WriteRecord) -> None:
         """The write of ``record`` is over (written or given up); its key's next may go."""
         key = self.key_of(record)
+        self._keys.pop(id(record), None)
         self._busy.discard(key)
         if key in self._waiting:
             self._make_ready(key)

