@@ -264,10 +264,11 @@ class ShardWriter:
             self._spool.close()
             self._spool = None
 
-    def _spooled_items(self) -> list[memoryview]:
+    def _spooled_items(self) -> list[bytes]:
         assert self._spool is not None
         self._spool.seek(0)
-        data = memoryview(self._spool.read())
+        # Slicing bytes (a copy) is faster than slicing a memoryview (an object per slice).
+        data = self._spool.read()
         self._close_spool()
         ends = self._spool_ends
         starts = chain((0,), ends)  # one longer than ends: its last value is the total
