@@ -254,7 +254,8 @@ def write_results(table: str, command: str, args: argparse.Namespace, avg_item: 
         text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + len(SECTION_TITLE))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+        # The section ends with one newline; keep a blank line before the next heading.
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
     RESULTS_FILE.write_text(text)
 
 
