@@ -8,7 +8,6 @@ last as the commit point; then the state folder is removed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -321,9 +320,10 @@ async def _delete_unlisted_shards(store: ObjectStore, listed: set[str]) -> None:
 
 
 async def _delete_state(store: ObjectStore) -> None:
-    # The export is committed already; leftover state is untidy, not wrong.
-    with contextlib.suppress(DdbpipeError):
+    try:
         for info in await store.list(STATE_PREFIX):
             await store.delete(info.key)
-        return
-    log.warning("could not remove %s%s after the export finished", store.url, STATE_PREFIX)
+    except DdbpipeError as error:
+        # The export is committed already; leftover state is untidy, not wrong.
+        log.warning("could not remove %s%s after the export finished: %s",
+                    store.url, STATE_PREFIX, error)
