@@ -392,25 +392,6 @@ def throttled_items(count: int, hot_share: float, seed: int = 1) -> list[dict[st
     return items
 
 
-def create_numeric_table(endpoint: str, table: str) -> None:
-    client = _client(endpoint)
-    client.create_table(
-        TableName=table,
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "N"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.get_waiter("table_exists").wait(
-        TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-    )
-
-
 @dataclass
 class CallLog:
     """BatchWriteItem attempts as the client saw them: (time, outcome)."""
@@ -558,7 +539,7 @@ def throttled_part(args: argparse.Namespace) -> None:
         simulator = start_capacity_simulator(backend)
         try:
             source = "bench-throttle-src"
-            create_numeric_table(backend, source)
+            sample_data.create_table(backend, source, sort_key_type="N")
             sample_data.fill_table(backend, source, throttled_items(args.items, args.hot_share))
             with tempfile.TemporaryDirectory() as scratch_name:
                 scratch = Path(scratch_name)
@@ -579,7 +560,7 @@ def throttled_part(args: argparse.Namespace) -> None:
                 for run in range(args.runs):
                     for name in order if run % 2 == 0 else order[::-1]:
                         table = f"bench-throttle-{name}-{run}"
-                        create_numeric_table(backend, table)
+                        sample_data.create_table(backend, table, sort_key_type="N")
                         simulator.configure(table, wcu=args.wcu, partitions=args.partitions)
                         log = CallLog()
                         started = time.perf_counter()

@@ -139,16 +139,15 @@ def export(
         lambda: _JobDisplay("export", progress, _export_detail),
         interrupted_hint=f"continue with: ddbpipe export {table} {dest} --resume",
     )
-    if json_output:
-        print(json.dumps(summary.to_dict()))
-    else:
-        stderr.print(
-            f"exported {summary.items:,} items from {summary.table} to {summary.destination} in "
-            f"{summary.seconds:.1f} s ({summary.items / max(summary.seconds, 1e-9):,.0f} items/s): "
-            f"{summary.shards} shards, {_mb(summary.stored_bytes)} stored "
-            f"({_mb(summary.raw_bytes)} of DynamoDB JSON), {summary.consumed_rcu:,.1f} RCU, "
-            f"export id {summary.export_id}"
-        )
+    _report(
+        summary.to_dict(),
+        json_output,
+        f"exported {summary.items:,} items from {summary.table} to {summary.destination} in "
+        f"{summary.seconds:.1f} s ({summary.items / max(summary.seconds, 1e-9):,.0f} items/s): "
+        f"{summary.shards} shards, {_mb(summary.stored_bytes)} stored "
+        f"({_mb(summary.raw_bytes)} of DynamoDB JSON), {summary.consumed_rcu:,.1f} RCU, "
+        f"export id {summary.export_id}",
+    )
 
 
 @app.command(name="import")
@@ -221,19 +220,17 @@ def import_(
         lambda: _JobDisplay("import", progress, _import_detail),
         interrupted_hint=f"continue with: ddbpipe import {source} {table} --resume",
     )
-    if json_output:
-        print(json.dumps(summary.to_dict()))
-    else:
-        stderr.print(
-            f"imported {summary.items_written:,} of {summary.items_read:,} items into "
-            f"{summary.table} in {summary.seconds:.1f} s "
-            f"({summary.items_written / max(summary.seconds, 1e-9):,.0f} items/s): "
-            f"{summary.consumed_wcu:,.0f} WCU at a target of {summary.target_wcu:,.0f} WCU/s, "
-            f"{summary.throttled_requests:,} throttled requests"
-            + (f", indexes added: {', '.join(summary.indexes_added)}"
-               if summary.indexes_added else ""),
-            highlight=False,
-        )
+    indexes = ", ".join(summary.indexes_added)
+    _report(
+        summary.to_dict(),
+        json_output,
+        f"imported {summary.items_written:,} of {summary.items_read:,} items into "
+        f"{summary.table} in {summary.seconds:.1f} s "
+        f"({summary.items_written / max(summary.seconds, 1e-9):,.0f} items/s): "
+        f"{summary.consumed_wcu:,.0f} WCU at a target of {summary.target_wcu:,.0f} WCU/s, "
+        f"{summary.throttled_requests:,} throttled requests"
+        + (f", indexes added: {indexes}" if indexes else ""),
+    )
     if summary.items_dead_lettered:
         stderr.print(
             f"error: {summary.items_dead_lettered:,} items could not be written; they are in "
@@ -279,6 +276,14 @@ def verify(
 
 
 # --- running a job -----------------------------------------------------------------------------
+
+
+def _report(summary: dict[str, Any], json_output: bool, line: str) -> None:
+    """The end of a job: one JSON object on stdout with --json, else one line on stderr."""
+    if json_output:
+        print(json.dumps(summary))
+    else:
+        stderr.print(line, highlight=False, markup=False)
 
 
 def _export_detail(p: JobProgress) -> str:

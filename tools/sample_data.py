@@ -307,8 +307,8 @@ def _client(endpoint: str | None) -> Any:
     )
 
 
-def create_table(endpoint: str, table: str) -> None:
-    """Create ``table`` (pk S HASH, sk S RANGE, on-demand) and wait until it is ACTIVE."""
+def create_table(endpoint: str, table: str, *, sort_key_type: str = "S") -> None:
+    """Create ``table`` (pk S HASH, sk RANGE, on-demand) and wait until it is ACTIVE."""
     client = _client(endpoint)
     client.create_table(
         TableName=table,
@@ -318,7 +318,7 @@ def create_table(endpoint: str, table: str) -> None:
         ],
         AttributeDefinitions=[
             {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": sort_key_type},
         ],
         BillingMode="PAY_PER_REQUEST",
     )
