@@ -134,7 +134,8 @@ async def _target_table(
                 f"table '{options.table}' already exists and --create-table only creates new "
                 "tables: drop --create-table to import into it"
             )
-        return existing, False
+        # Resuming an import that created the table: it still gets the indexes at the end.
+        return existing, options.create_table
     if not options.create_table:
         raise TableNotFoundError(
             f"table '{options.table}' not found in region {client.region}: create it, or pass "

@@ -96,10 +96,18 @@ async def add_global_indexes(
     *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_index: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Add the saved GSIs one at a time, each waited for until ACTIVE; returns their names."""
+    """Add the saved GSIs the table lacks, one at a time, each waited for until ACTIVE.
+
+    Returns the names added; indexes already there (e.g. added before an import was killed
+    and resumed) are left alone.
+    """
     definitions = {d["AttributeName"]: d for d in schema["AttributeDefinitions"]}
+    current = await client.describe_table(table)
+    present = {i["IndexName"] for i in current.get("GlobalSecondaryIndexes") or []}
     added = []
     for index in schema.get("GlobalSecondaryIndexes") or []:
+        if index["IndexName"] in present:
+            continue
         if on_index is not None:
             on_index(index["IndexName"])
         create = {k: v for k, v in index.items() if k != "OnDemandThroughput" or v}

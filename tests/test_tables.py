@@ -79,6 +79,12 @@ def test_create_table_then_indexes_on_dynamodb_local(dynamodb_local: Any,
 
     try:
         created, added, final = asyncio.run(scenario())
+
+        async def again() -> list[str]:
+            async with DynamoClient.open(AwsOptions(endpoint_url=dynamodb_local.endpoint)) as c:
+                return await add_global_indexes(c, table, SCHEMA, sleep=_quick)
+
+        assert asyncio.run(again()) == []  # a resumed import adds only what is missing
         assert "GlobalSecondaryIndexes" not in created
         assert added == ["by-email"]
         (gsi,) = final["GlobalSecondaryIndexes"]
