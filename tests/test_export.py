@@ -106,6 +106,9 @@ def test_parquet_export_has_typed_columns_duckdb_can_group_by(
         f"describe select * from read_parquet('{dest}/data/*.parquet')").fetchall()}
     assert {"pk", "sk", "_item", "total", "status"} <= columns
     assert "tags" not in columns  # sets stay in _item only
+    report = ddbpipe.verify_export(str(dest), read_data=True)
+    assert report.ok and report.items_read == 700, report.problems
+    assert not (dest / "manifest-summary.json").exists()  # AWS manifests are for NDJSON only
 
 
 def test_export_to_s3_writes_aws_compatible_manifests(
