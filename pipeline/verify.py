@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from .config import AwsOptions
-from .errors import CorruptDataError, DdbpipeError, FormatVersionError
+from .errors import CorruptDataError, DdbpipeError
 from .manifest import (
     AWS_FILES_KEY,
     AWS_FILES_MD5_KEY,
@@ -108,12 +108,8 @@ async def _read_manifest(store: ObjectStore) -> ExportManifest:
                 "'ddbpipe export --resume'"
             )
         raise CorruptDataError(f"{store.url} holds no ddbpipe export ({MANIFEST_KEY} is missing)")
-    try:
-        return decode_manifest(await store.get_bytes(MANIFEST_KEY), f"{store.url}/{MANIFEST_KEY}")
-    except FormatVersionError:
-        raise
-    except CorruptDataError as error:
-        raise CorruptDataError(f"{error}") from None
+    # A malformed manifest or an unknown format version is raised as it is: nothing to verify.
+    return decode_manifest(await store.get_bytes(MANIFEST_KEY), f"{store.url}/{MANIFEST_KEY}")
 
 
 def _check_listing(manifest: ExportManifest, stored: dict[str, ObjectInfo]) -> list[str]:
