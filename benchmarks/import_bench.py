@@ -15,12 +15,25 @@ dynamodump, then restored into a fresh table per run by
   ``main()`` (table creation and data), without the interpreter start-up, which is reported
   separately;
 - boto3: one thread, ``Table.batch_writer()``, reading the ddbpipe export's shards
-  (``iter_shard_items`` + ``msgspec`` + ``TypeDeserializer``); the table is created first.
+  (``iter_shard_items`` + ``msgspec`` + ``TypeDeserializer``); the table is created first;
+- ceiling: not an importer but the upper bound any importer can reach on this machine. Every
+  BatchWriteItem body of the restore (25 items each, ``"ReturnConsumedCapacity": "TOTAL"`` as
+  ddbpipe sends them, items from the same ddbpipe export) is encoded before the clock starts,
+  then the bodies are sent with 16 in flight (``DynamoClient.call_raw``, which only signs),
+  checking that no reply holds UnprocessedItems. The client does no per-item work while timed,
+  so its rate is what DynamoDB Local itself takes. Its table creation and the encoding are
+  outside its time and outside its CPU-seconds (which cover the sending only).
+
+Before the measured runs, DynamoDB Local is warmed up by one untimed restore (ddbpipe into a
+throwaway table, counted and dropped): its JVM compiles the write path during the first
+restore, which would otherwise slow whichever importer comes first in run 0 (``--no-warm-up``
+skips it, for comparison).
 
 Every restore is checked by counting the target table (Scan, Select=COUNT) and the table is
-dropped afterwards. Medians of ``--runs`` alternating runs; ratios against dynamodump. Also
-reported per run: the CPU seconds of the client (this process, or the dynamodump process with
-its start-up) and of DynamoDB Local, which shares the machine's cores with the client.
+dropped afterwards. Medians of ``--runs`` alternating runs; ratios against dynamodump, and
+ddbpipe's median as a share of the ceiling's. Also reported per run: the CPU seconds of the
+client (this process, or the dynamodump process with its start-up) and of DynamoDB Local,
+which shares the machine's cores with the client and so caps every importer.
 
 ``throttled``: the capacity simulator (``tools/capacity_simulator.py``) in front of DynamoDB
 Local gives the target table ``--wcu`` WCU/s on ``--partitions`` partition(s), no burst
@@ -45,6 +58,7 @@ over the steady part (from the 3rd second to the last full second).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import os
 import random
@@ -58,6 +72,7 @@ import time
 import venv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -282,11 +297,83 @@ def boto3_restore(endpoint: str, export_dir: Path, table: str) -> float:
     return time.perf_counter() - started
 
 
+BATCH_ITEMS = 25  # BatchWriteItem's limit, and what ddbpipe sends
+CEILING_IN_FLIGHT = 16  # ddbpipe's default import concurrency
+
+
+def ceiling_bodies(export_dir: Path, table: str) -> list[bytes]:
+    """Every BatchWriteItem body of the restore, encoded as ddbpipe sends them."""
+    import msgspec
+
+    items = list(export_items(export_dir))
+    return [
+        msgspec.json.encode(
+            {
+                "RequestItems": {
+                    table: [{"PutRequest": {"Item": item}} for item in items[at : at + BATCH_ITEMS]]
+                },
+                "ReturnConsumedCapacity": "TOTAL",
+            }
+        )
+        for at in range(0, len(items), BATCH_ITEMS)
+    ]
+
+
+async def send_bodies(endpoint: str, table: str, bodies: list[bytes]) -> float:
+    """Seconds to send ``bodies`` as BatchWriteItem calls, CEILING_IN_FLIGHT at a time."""
+    import msgspec
+    from botocore.credentials import Credentials
+
+    from ddbpipe.dynamo import DynamoClient
+
+    client = DynamoClient(
+        region="us-east-1",
+        endpoint=endpoint,
+        credentials=Credentials(ACCESS_KEY, SECRET_KEY),
+        max_connections=CEILING_IN_FLIGHT,
+    )
+    # One shared iterator: each sender takes the next body as soon as its call returns.
+    pending = iter(bodies)
+
+    async def sender() -> None:
+        for body in pending:
+            reply = msgspec.json.decode(
+                await client.call_raw("BatchWriteItem", body, resource=table)
+            )
+            # DynamoDB Local never throttles; a partial write would make the rate a lie.
+            assert not reply.get("UnprocessedItems"), reply["UnprocessedItems"]
+
+    async with client:
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(CEILING_IN_FLIGHT)))
+        return time.perf_counter() - started
+
+
+def prepare_ceiling(endpoint: str, export_dir: Path, table: str) -> Callable[[], float]:
+    """Create the table and encode every body now; the returned call is the timed send."""
+    sample_data.create_table(endpoint, table)
+    bodies = ceiling_bodies(export_dir, table)
+    return lambda: asyncio.run(send_bodies(endpoint, table, bodies))
+
+
+def warm_up(endpoint: str, export_dir: Path, scratch: Path, items: int) -> None:
+    """One untimed ddbpipe restore, counted and dropped, so DynamoDB Local's JIT is warm."""
+    table = "bench-import-warm-up"
+    seconds = ddbpipe_restore(endpoint, export_dir, table, scratch)
+    assert count_items(endpoint, table) == items
+    drop_table(endpoint, table)
+    print(
+        f"warm-up: one untimed ddbpipe restore into a throwaway table ({seconds:.2f} s), "
+        "not reported",
+        flush=True,
+    )
+
+
 def local_part(args: argparse.Namespace) -> None:
     dynamodump_python()
     services.use_local_credentials()
     server = services.start_dynamodb_local()
-    rates: dict[str, list[float]] = {"dynamodump": [], "boto3": [], "ddbpipe": []}
+    rates: dict[str, list[float]] = {"dynamodump": [], "boto3": [], "ddbpipe": [], "ceiling": []}
     client_cpu: dict[str, list[float]] = {name: [] for name in rates}
     server_cpu: dict[str, list[float]] = {name: [] for name in rates}
     walls: list[float] = []
@@ -327,13 +414,21 @@ def local_part(args: argparse.Namespace) -> None:
                 return main_seconds
 
             restorers["dynamodump"] = dynamodump_restore
+            if args.warm_up:
+                warm_up(endpoint, export_dir, scratch, args.items)
             order = list(rates)
             for run in range(args.runs):
                 for name in order if run % 2 == 0 else order[::-1]:
                     table = f"bench-import-{name}-{run}"
+                    # The ceiling's table and bodies are made before its clock and CPU counters.
+                    restore = (
+                        prepare_ceiling(endpoint, export_dir, table)
+                        if name == "ceiling"
+                        else partial(restorers[name], table)
+                    )
                     cpu_before = _own_and_children_cpu()
                     server_before = _process_cpu(server.process.pid)
-                    seconds = restorers[name](table)
+                    seconds = restore()
                     client_cpu[name].append(_own_and_children_cpu() - cpu_before)
                     server_cpu[name].append(_process_cpu(server.process.pid) - server_before)
                     counted = count_items(endpoint, table)
@@ -356,7 +451,7 @@ def local_part(args: argparse.Namespace) -> None:
         "| vs dynamodump | DynamoDB Local CPU-s |"
     )
     print("|---|---:|---|---:|---:|---:|---:|")
-    for name in ("dynamodump", "boto3", "ddbpipe"):
+    for name in rates:
         per_cpu = args.items / _median(client_cpu[name])
         print(
             f"| {name} | {_median(rates[name]):,.0f} | {_runs(rates[name])} | "
@@ -369,6 +464,8 @@ def local_part(args: argparse.Namespace) -> None:
         f"dynamodump whole process (start-up included): median {_median(walls):.2f} s, "
         f"{wall_rate:,.0f} items/s; ddbpipe vs that: {ratio:.2f}x"
     )
+    share = _median(rates["ddbpipe"]) / _median(rates["ceiling"])
+    print(f"ddbpipe median: {share:.0%} of the ceiling's median (the bound on this machine)")
 
 
 # --- part 2: throttled -------------------------------------------------------------------------
@@ -415,9 +512,9 @@ def ddbpipe_throttled(
     from ddbpipe import dynamo
     from ddbpipe.errors import ThrottledError
 
-    original = dynamo.DynamoClient.batch_write
+    original = dynamo.DynamoClient.batch_write_raw
 
-    async def counted(self: Any, table_name: str, requests: list[dict[str, Any]]) -> Any:
+    async def counted(self: Any, table_name: str, requests: list[bytes]) -> Any:
         try:
             reply = await original(self, table_name, requests)
         except ThrottledError:
@@ -438,7 +535,7 @@ def ddbpipe_throttled(
                 log.rates.append((time.perf_counter() - log.started, progress.current_rate))
 
     sampler = threading.Thread(target=sample_rate, daemon=True)
-    dynamo.DynamoClient.batch_write = counted
+    dynamo.DynamoClient.batch_write_raw = counted
     sampler.start()
     try:
         summary = ddbpipe.import_table(
@@ -451,7 +548,7 @@ def ddbpipe_throttled(
             progress=progress,
         )
     finally:
-        dynamo.DynamoClient.batch_write = original
+        dynamo.DynamoClient.batch_write_raw = original
         finished.set()
         sampler.join()
     return {
@@ -646,6 +743,12 @@ def main() -> None:
         help="items (default 20000 for local, 12000 for throttled)",
     )
     parser.add_argument("--segments", type=int, default=4, help="export segments (local)")
+    parser.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="skip the untimed restore that warms DynamoDB Local up (local)",
+    )
     parser.add_argument("--runs", type=int, default=None, help="runs (default 3 / 2)")
     parser.add_argument("--wcu", type=float, default=400.0, help="simulated table capacity")
     parser.add_argument("--partitions", type=int, default=1)

@@ -13,22 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
-from decimal import Decimal, InvalidOperation
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
+from typing import Generic, TypeVar
 
-import msgspec
+from .records import Key, WriteRecord
 
-from .records import WriteRecord
-
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBuilder", "Key", "interleave"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "BatchBuilder", "interleave"]
 
 #: DynamoDB's BatchWriteItem limits.
 MAX_BATCH_REQUESTS = 25
 MAX_BATCH_BYTES = 16 * 1024 * 1024
-
-#: A record's key: one hashable value per key attribute (partition key first).
-Key = tuple[Hashable, ...]
 
 T = TypeVar("T")
 
@@ -131,21 +125,13 @@ class BatchBuilder:
     order they were added. A key stays *busy* from the moment its record is taken until the
     caller says the write is over: ``finish(record)`` (written, or given up) lets the key's
     next record go; ``retry(record)`` puts the record back first in line for its key. So a
-    retried put can never land after a later write of the same key and undo it.
-
-    ``key_attributes`` are the table's key attribute names, partition key first.
+    retried put can never land after a later write of the same key and undo it. Keys are the
+    records' own (``WriteRecord.key``, partition key first).
     """
 
     def __init__(
-        self,
-        key_attributes: Sequence[str],
-        *,
-        max_requests: int = MAX_BATCH_REQUESTS,
-        max_bytes: int = MAX_BATCH_BYTES,
+        self, *, max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES
     ) -> None:
-        if not key_attributes:
-            raise ValueError("key_attributes must name at least the partition key")
-        self.key_attributes = tuple(key_attributes)
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self._waiting: dict[Key, deque[WriteRecord]] = {}
@@ -156,9 +142,6 @@ class BatchBuilder:
         self._ready_count = 0
         self._busy: set[Key] = set()
         self._held = 0
-        # Each record's key, computed once while the record is here (by identity: records are
-        # frozen and their items are dicts); dropped when the record is finished.
-        self._keys: dict[int, Key] = {}
 
     def __len__(self) -> int:
         """Records held here (not taken, or put back for a retry)."""
@@ -174,17 +157,8 @@ class BatchBuilder:
         """Keys with a record taken and not yet finished."""
         return len(self._busy)
 
-    def key_of(self, record: WriteRecord) -> Key:
-        key = self._keys.get(id(record))
-        if key is None:
-            key = tuple(_hashable(record.item.get(name)) for name in self.key_attributes)
-        return key
-
-    def partition_key_of(self, record: WriteRecord) -> Hashable:
-        return self.key_of(record)[0]
-
     def add(self, record: WriteRecord) -> None:
-        key = self._keys[id(record)] = self.key_of(record)
+        key = record.key
         self._waiting.setdefault(key, deque()).append(record)
         self._held += 1
         if key not in self._busy:
@@ -219,15 +193,14 @@ class BatchBuilder:
 
     def finish(self, record: WriteRecord) -> None:
         """The write of ``record`` is over (written or given up); its key's next may go."""
-        key = self.key_of(record)
-        self._keys.pop(id(record), None)
+        key = record.key
         self._busy.discard(key)
         if key in self._waiting:
             self._make_ready(key)
 
     def retry(self, record: WriteRecord) -> None:
         """Put a taken ``record`` back, ahead of its key's later records and of other keys."""
-        key = self.key_of(record)
+        key = record.key
         self._busy.discard(key)
         self._waiting.setdefault(key, deque()).appendleft(record)
         self._held += 1
@@ -259,21 +232,3 @@ class BatchBuilder:
         self._held -= 1
         return record
 
-
-def _hashable(value: Any) -> Hashable:
-    """A key attribute value (``{"S": "a"}``) as a hashable; malformed ones by their JSON."""
-    if isinstance(value, dict) and len(value) == 1:
-        ((tag, inner),) = value.items()
-        if tag == "N" and isinstance(inner, str):
-            # DynamoDB compares numbers by value: "1", "1.0" and "1E0" are one key.
-            return (tag, _normal_number(inner))
-        if isinstance(inner, str):
-            return (tag, inner)
-    return ("", msgspec.json.encode(value))
-
-
-def _normal_number(text: str) -> str:
-    try:
-        return str(Decimal(text).normalize())
-    except InvalidOperation:
-        return text

@@ -188,6 +188,12 @@ class AdaptiveRate:
     mostly throttled calls) to get from 2,000 to 400 WCU/s; the delivered rate gets there in
     the second cut, a fifth of a window after the first.
 
+    The cooldown only shields a cut from the replies of calls sent before it. A throttle of a
+    call sent after the last cut means that cut was not enough, and cuts again at once: after
+    a table's burst credit runs out, the delivered rate it cut to still included that credit
+    (in the simulator benchmark, the cooldown then held a rate 10% over the capacity for a
+    second, and nearly every call of that second came back partly unprocessed).
+
     ``slow_start`` (a fraction of the target) starts there instead and doubles the rate every
     quarter second until the target or the first throttle, as TCP does: a table whose capacity
     is far below the target then sees an overshoot of at most twice the rate that fit, not
@@ -254,17 +260,24 @@ class AdaptiveRate:
     def rate(self) -> float:
         return self._rate
 
-    def on_throttle(self) -> bool:
+    def now(self) -> float:
+        """This controller's clock, on which ``on_throttle``'s ``sent_at`` is given."""
+        return self._clock.monotonic()
+
+    def on_throttle(self, sent_at: float | None = None) -> bool:
         """A throttle was seen; cut the rate unless a cut happened within the cooldown.
 
-        Within the cooldown only a cut to a delivered rate below ``beta`` times the rate is
-        made (the table showed it takes far less than we send). Returns whether it cut.
+        Within the cooldown a cut is still made when the throttled call was sent after the
+        last cut (``sent_at``, on this controller's clock: that cut was not deep enough) or
+        when the table delivered less than ``beta`` times the rate (it takes far less than we
+        send). Returns whether it cut.
         """
         now = self._clock.monotonic()
         delivered = self._delivered_rate(now)
         cooling = self._last_cut is not None and now - self._last_cut < self.cooldown
         far_below = delivered is not None and delivered < self._rate * self.beta
-        if cooling and not far_below:
+        after_cut = sent_at is not None and self._last_cut is not None and sent_at > self._last_cut
+        if cooling and not far_below and not after_cut:
             return False
         self._advance(now)
         self._slow_start_from = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .manifest import key_attributes
 from .progress import JobProgress
 from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
 from .records import WriteRecord
-from .sources import ImportSource, SourceFile, check_record, open_source, read_records
+from .sources import ImportSource, SourceFile, open_source, read_records
 from .storage import ObjectStore, open_store
 from .tables import (
     add_global_indexes,
@@ -260,7 +261,7 @@ class _ImportRun:
 
     async def _file_batches(self, file: SourceFile) -> AsyncIterator[list[WriteRecord]]:
         state = self.files.setdefault(file.key, _FileProgress())
-        async for batch in read_records(self.store, self.source, file):
+        async for batch in read_records(self.store, self.source, file, self.table_keys):
             state.read += len(batch)
             yield batch
         state.fully_read = True
@@ -270,18 +271,17 @@ class _ImportRun:
         """Records a write would reject for sure go straight to the dead-letter file."""
         async for record in records:
             self.items_read += 1
-            reason = check_record(record, self.table_keys)
-            if reason is None:
+            if record.problem is None:
                 yield record
             else:
-                self._dead_lettered(record, reason)
+                self._dead_lettered(record, record.problem)
 
     def _written(self, records: list[WriteRecord], consumed: float) -> None:
         self.items_written += len(records)
         self.progress.items += len(records)
-        for record in records:
-            self.files[record.source].written += 1
-            self._finished(record.source)
+        for source, count in Counter(record.source for record in records).items():
+            self.files[source].written += count
+            self._finished(source, count)
 
     def _dead_lettered(self, record: WriteRecord, reason: str) -> None:
         self.dead_letter.add(reason=reason, source=record.source, kind=record.kind,
@@ -290,8 +290,8 @@ class _ImportRun:
         self.files[record.source].dead_lettered += 1
         self._finished(record.source)
 
-    def _finished(self, key: str) -> None:
-        self.files[key].finished += 1
+    def _finished(self, key: str, count: int = 1) -> None:
+        self.files[key].finished += count
         self._maybe_done(key)
 
     def _maybe_done(self, key: str) -> None:

@@ -29,13 +29,12 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass
 from typing import Any
 
-from .batching import MAX_BATCH_REQUESTS, BatchBuilder, Key
-from .codec import write_units
+from .batching import MAX_BATCH_REQUESTS, BatchBuilder
 from .dynamo import DynamoClient
 from .errors import AwsRequestError, ThrottledError, TransientError
 from .progress import JobProgress
 from .ratelimit import AdaptiveRate, Clock, KeyRateLimiter, SystemClock, TokenBucket
-from .records import WriteRecord
+from .records import Key, WriteRecord, item_key
 
 __all__ = ["ITEM_ERROR_CODES", "TableWriter"]
 
@@ -118,7 +117,8 @@ class TableWriter:
         self.unprocessed_items = 0
         self.consumed_wcu = 0.0
         self.batches = 0
-        self._builder = BatchBuilder(key_attributes)
+        self.key_attributes = tuple(key_attributes)
+        self._builder = BatchBuilder()
         self._on_written = on_written
         self._on_dead_letter = on_dead_letter
         self._clock: Clock = clock or SystemClock()
@@ -208,8 +208,7 @@ class TableWriter:
 
     def _admit(self, record: WriteRecord) -> bool:
         assert self.key_limiter is not None
-        partition = self._builder.partition_key_of(record)
-        return self.key_limiter.try_take(partition, write_units(record.size))
+        return self.key_limiter.try_take(record.key[0], record.units)
 
     async def _send_in_slot(self, batch: list[WriteRecord]) -> None:
         try:
@@ -220,11 +219,12 @@ class TableWriter:
 
     async def _send(self, batch: list[WriteRecord]) -> None:
         estimate = _estimate(batch)
+        sent_at = self.controller.now() if self.controller is not None else 0.0
         try:
-            reply = await self.client.batch_write(self.table, [r.request() for r in batch])
+            reply = await self.client.batch_write_raw(self.table, [r.request() for r in batch])
         except ThrottledError as error:
             self.throttled_requests += 1
-            self._note_throttle()
+            self._note_throttle(sent_at)
             self._retry_all(batch, str(error), throttled=True)
         except TransientError as error:
             # 5xx or a dropped connection: nothing to say about capacity, just try again.
@@ -235,7 +235,7 @@ class TableWriter:
             self.bucket.charge(-estimate)  # refused whole: nothing was written
             await self._isolate_bad_items(batch, error)
         else:
-            self._take_reply(batch, reply, estimate)
+            self._take_reply(batch, reply, estimate, sent_at)
 
     async def _isolate_bad_items(self, batch: list[WriteRecord], error: AwsRequestError) -> None:
         if len(batch) == 1:
@@ -248,7 +248,9 @@ class TableWriter:
             await self.bucket.acquire(_estimate(half))
             await self._send(half)
 
-    def _take_reply(self, batch: list[WriteRecord], reply: dict[str, Any], estimate: int) -> None:
+    def _take_reply(
+        self, batch: list[WriteRecord], reply: dict[str, Any], estimate: int, sent_at: float
+    ) -> None:
         self.batches += 1
         unprocessed = self._unprocessed_records(batch, reply)
         unprocessed_ids = {id(record) for record in unprocessed}
@@ -266,7 +268,7 @@ class TableWriter:
             self._report_rate()
         if unprocessed:
             self.unprocessed_items += len(unprocessed)
-            self._note_throttle()
+            self._note_throttle(sent_at)
             self._retry_all(
                 unprocessed, "returned as UnprocessedItems (throttled)", throttled=True
             )
@@ -279,8 +281,8 @@ class TableWriter:
         if not requests:
             return []
         # One record per key in a batch, so the key finds the record a request came from.
-        by_key = {self._builder.key_of(record): record for record in batch}
-        found = [by_key.get(self._builder.key_of(_request_record(r))) for r in requests]
+        by_key = {record.key: record for record in batch}
+        found = [by_key.get(item_key(_request_item(r), self.key_attributes)) for r in requests]
         if None in found or len(found) != len(set(map(id, found))):
             # A reply we cannot map back: retrying the whole batch is safe (puts and deletes
             # are idempotent), counting a record as written that was not would not be.
@@ -293,7 +295,7 @@ class TableWriter:
         if not records:
             return
         for record in records:
-            self._retries.pop(self._builder.key_of(record), None)
+            self._retries.pop(record.key, None)
             self._builder.finish(record)
         self.written += len(records)
         self._wake()
@@ -301,16 +303,16 @@ class TableWriter:
             self._on_written(records, consumed)
 
     def _dead_letter(self, record: WriteRecord, reason: str) -> None:
-        self._retries.pop(self._builder.key_of(record), None)
+        self._retries.pop(record.key, None)
         self._builder.finish(record)
         self.dead_lettered += 1
         self._wake()
         if self._on_dead_letter is not None:
             self._on_dead_letter(record, reason)
 
-    def _note_throttle(self) -> None:
+    def _note_throttle(self, sent_at: float) -> None:
         if self.controller is not None:
-            self.controller.on_throttle()
+            self.controller.on_throttle(sent_at)
             self._report_rate()
         if self.progress is not None:
             self.progress.throttles += 1
@@ -325,7 +327,7 @@ class TableWriter:
 
     def _retry_later(self, record: WriteRecord, reason: str, *, throttled: bool) -> None:
         now = self._clock.monotonic()
-        state = self._retries.setdefault(self._builder.key_of(record), _RetryState(0, now))
+        state = self._retries.setdefault(record.key, _RetryState(0, now))
         state.attempts += 1
         if now - state.first_failure >= self.retry_deadline:
             self._dead_letter(
@@ -383,7 +385,7 @@ class TableWriter:
 
 
 def _estimate(records: list[WriteRecord]) -> int:
-    return sum(write_units(record.size) for record in records)
+    return sum([record.units for record in records])
 
 
 def _consumed_capacity(reply: dict[str, Any], *, default: float) -> float:
@@ -393,11 +395,13 @@ def _consumed_capacity(reply: dict[str, Any], *, default: float) -> float:
     return float(sum(entry.get("CapacityUnits", 0.0) for entry in entries))
 
 
-def _request_record(request: dict[str, Any]) -> WriteRecord:
-    """A stand-in record for a returned request, good for finding its key."""
+def _request_item(request: dict[str, Any]) -> dict[str, Any]:
+    """The item (or delete key) of a request DynamoDB returned unprocessed."""
     if "PutRequest" in request:
-        return WriteRecord("put", request["PutRequest"].get("Item") or {}, 0, "")
-    return WriteRecord("delete", (request.get("DeleteRequest") or {}).get("Key") or {}, 0, "")
+        item: dict[str, Any] = request["PutRequest"].get("Item") or {}
+    else:
+        item = (request.get("DeleteRequest") or {}).get("Key") or {}
+    return item
 
 
 async def _first_of(*waits: Awaitable[Any]) -> None:

@@ -12,14 +12,16 @@ import pytest
 
 from ddbpipe.batching import MAX_BATCH_BYTES, BatchBuilder, interleave
 from ddbpipe.ratelimit import KeyRateLimiter, ManualClock
-from ddbpipe.records import WriteRecord
+from ddbpipe.records import WriteRecord, new_record
 
 
 def record(pk: str, sk: int | None = None, *, size: int = 100, version: int = 0) -> WriteRecord:
+    """A put keyed by pk (and sk when given), of a made-up ``size``."""
     item = {"pk": {"S": pk}, "v": {"N": str(version)}}
     if sk is not None:
         item["sk"] = {"N": str(sk)}
-    return WriteRecord("put", item, size, source="file-a")
+    key_names = ("pk",) if sk is None else ("pk", "sk")
+    return new_record("put", item, source="file-a", key_names=key_names, size=size)
 
 
 def drain(builder: BatchBuilder) -> list[list[WriteRecord]]:
@@ -36,7 +38,7 @@ def drain(builder: BatchBuilder) -> list[list[WriteRecord]]:
 
 def test_batches_respect_the_limits_and_never_repeat_a_key() -> None:
     rng = random.Random(11)
-    builder = BatchBuilder(["pk", "sk"])
+    builder = BatchBuilder()
     added = []
     for version in range(5000):
         # 300 keys for 5,000 records: plenty of duplicates, some big items.
@@ -48,22 +50,22 @@ def test_batches_respect_the_limits_and_never_repeat_a_key() -> None:
     for batch in batches:
         assert 1 <= len(batch) <= 25
         assert sum(r.size for r in batch) <= MAX_BATCH_BYTES
-        keys = [builder.key_of(r) for r in batch]
+        keys = [r.key for r in batch]
         assert len(keys) == len(set(keys)), "two requests for one key in a batch"
     sent = [r for batch in batches for r in batch]
     assert Counter(map(id, sent)) == Counter(map(id, added)), "every record exactly once"
-    assert order_per_key(builder, sent) == order_per_key(builder, added)
+    assert order_per_key(sent) == order_per_key(added)
 
 
-def order_per_key(builder: BatchBuilder, records: list[WriteRecord]) -> dict[object, list[int]]:
+def order_per_key(records: list[WriteRecord]) -> dict[object, list[int]]:
     versions: dict[object, list[int]] = defaultdict(list)
     for r in records:
-        versions[builder.key_of(r)].append(int(r.item["v"]["N"]))
+        versions[r.key].append(int(r.item["v"]["N"]))
     return dict(versions)
 
 
 def test_batches_stop_at_16_mb() -> None:
-    builder = BatchBuilder(["pk"])
+    builder = BatchBuilder()
     for n in range(25):
         builder.add(record(f"k{n}", size=1_000_000))
     assert [len(b) for b in drain(builder)] == [16, 9]
@@ -73,7 +75,7 @@ def test_batches_stop_at_16_mb() -> None:
 
 
 def test_take_without_partial_waits_for_a_full_batch() -> None:
-    builder = BatchBuilder(["pk"])
+    builder = BatchBuilder()
     for n in range(24):
         builder.add(record(f"k{n}"))
     assert builder.take(partial=False) == []
@@ -82,7 +84,7 @@ def test_take_without_partial_waits_for_a_full_batch() -> None:
 
 
 def test_a_busy_key_waits_until_its_record_is_finished() -> None:
-    builder = BatchBuilder(["pk"])
+    builder = BatchBuilder()
     first, second, other = record("a", version=1), record("a", version=2), record("b")
     for r in (first, second, other):
         builder.add(r)
@@ -95,7 +97,7 @@ def test_a_busy_key_waits_until_its_record_is_finished() -> None:
 
 
 def test_a_retried_record_goes_before_the_later_records_of_its_key() -> None:
-    builder = BatchBuilder(["pk"])
+    builder = BatchBuilder()
     first, second = record("a", version=1), record("a", version=2)
     builder.add(first)
     builder.add(second)
@@ -108,14 +110,19 @@ def test_a_retried_record_goes_before_the_later_records_of_its_key() -> None:
 
 
 def test_numbers_that_are_equal_are_one_key() -> None:
-    builder = BatchBuilder(["pk", "sk"])
-    assert builder.key_of(record("a", 1)) == builder.key_of(
-        WriteRecord("delete", {"pk": {"S": "a"}, "sk": {"N": "1.00"}}, 10, "x")
-    )
+    for same in ("1.00", "1E0", "0.1e1", "+1"):
+        delete = new_record(
+            "delete", {"pk": {"S": "a"}, "sk": {"N": same}}, source="x", key_names=("pk", "sk")
+        )
+        assert record("a", 1).key == delete.key, same
+    assert record("a", 10).key == new_record(
+        "put", {"pk": {"S": "a"}, "sk": {"N": "1E1"}}, source="x", key_names=("pk", "sk")
+    ).key
+    assert record("a", 10).key != record("a", 1).key
 
 
 def test_admit_holds_back_records_while_others_go() -> None:
-    builder = BatchBuilder(["pk"])
+    builder = BatchBuilder()
     for n in range(10):
         builder.add(record("hot", n, version=n) if n % 2 else record(f"cold-{n}"))
     batch = builder.take(admit=lambda r: r.item["pk"]["S"] != "hot")
@@ -206,7 +213,7 @@ def test_interleave_passes_a_stream_error_on_and_closes_the_others() -> None:
 def test_key_rate_limiter_holds_a_hot_key_to_its_rate_while_others_pass() -> None:
     clock = ManualClock()
     limiter = KeyRateLimiter(1000, clock=clock)
-    builder = BatchBuilder(["pk", "sk"])
+    builder = BatchBuilder()
     rng = random.Random(3)
     written: Counter[str] = Counter()
     sequence = 0
@@ -219,7 +226,7 @@ def test_key_rate_limiter_holds_a_hot_key_to_its_rate_while_others_pass() -> Non
             builder.add(record(pk, sequence, size=1000))
         for _ in range(4):  # up to 100 items per step: 10,000 items/s offered
             batch = builder.take(
-                admit=lambda r: limiter.try_take(builder.partition_key_of(r), 1)
+                admit=lambda r: limiter.try_take(r.key[0], 1)
             )
             for r in batch:
                 written["hot" if r.item["pk"]["S"] == "hot" else "cold"] += 1

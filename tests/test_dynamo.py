@@ -25,6 +25,7 @@ from ddbpipe.errors import (
     TableNotFoundError,
     ThrottledError,
 )
+from tests.endpoints import serving as serve_post
 from tools.services import free_port
 
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
@@ -272,17 +273,8 @@ async def canned_server(
     replies: list[Reply], damaged: int = 0
 ) -> AsyncIterator[tuple[str, CannedDynamo]]:
     canned = CannedDynamo(replies, damaged)
-    app = web.Application()
-    app.router.add_post("/", canned.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}", canned
-    finally:
-        await runner.cleanup()
+    async with serve_post(canned.handle) as endpoint:
+        yield endpoint, canned
 
 
 def run_against(

@@ -394,3 +394,23 @@ def test_a_cut_goes_down_to_what_the_table_delivered_since_the_last_cut() -> Non
     clock.advance(0.05)
     controller.on_success(20)
     assert not controller.on_throttle()  # delivered ~ rate now: one congestion event
+
+
+def test_a_throttle_of_a_call_sent_after_the_cut_cuts_again_within_the_cooldown() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(1000, clock=clock, cooldown=1.0)
+    sent_before = controller.now()
+    clock.advance(0.1)
+    assert controller.on_throttle(sent_before)
+    assert controller.rate == pytest.approx(700)
+    clock.advance(0.1)
+    # Replies of calls sent before the cut are the same congestion event...
+    assert not controller.on_throttle(sent_before)
+    assert controller.rate == pytest.approx(700)
+    # ...but a call sent after it, still throttled, shows the cut was not deep enough.
+    sent_after = controller.now()
+    clock.advance(0.05)
+    assert controller.on_throttle(sent_after)
+    assert controller.rate == pytest.approx(490)
+    assert controller.cuts == 2
+    assert not controller.on_throttle(sent_after), "that call was sent before the second cut"

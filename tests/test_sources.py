@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import zstandard
 
@@ -21,12 +22,12 @@ from ddbpipe import codec
 from ddbpipe.config import AwsOptions
 from ddbpipe.errors import CorruptDataError, FormatVersionError, StorageError
 from ddbpipe.manifest import MANIFEST_KEY, STATE_KEY
-from ddbpipe.records import WriteRecord
+from ddbpipe.records import RecordKind, WriteRecord
 from ddbpipe.sources import (
     MAX_ITEM_BYTES,
     RECORDS_PER_BATCH,
     ImportSource,
-    check_record,
+    check_item,
     open_source,
     read_records,
 )
@@ -57,9 +58,14 @@ async def _open_and_read(
         source = await open_source(store)
         batches = []
         for file in source.files:
-            async for batch in read_records(store, source, file):
+            async for batch in read_records(store, source, file, _table_keys(source)):
                 batches.append(batch)
         return source, batches
+
+
+def _table_keys(source: ImportSource) -> tuple[tuple[str, str], ...]:
+    """The source's own keys, else a table keyed by pk (all of this file's test items are)."""
+    return source.key_attributes or (("pk", "S"),)
 
 
 def read_source(url: str, aws: AwsOptions | None = None) -> tuple[ImportSource, list[WriteRecord]]:
@@ -84,7 +90,7 @@ def read_file_until_error(url: str, key: str) -> tuple[list[WriteRecord], Except
             source = await open_source(store)
             (file,) = [f for f in source.files if f.key == key]
             try:
-                async for batch in read_records(store, source, file):
+                async for batch in read_records(store, source, file, _table_keys(source)):
                     received += batch
             except Exception as error:  # noqa: BLE001 - the test inspects it
                 return received, error
@@ -542,49 +548,64 @@ def test_copied_export_keeps_working(small_export: Path, tmp_path: Path) -> None
     assert source.kind == "ddbpipe" and len(records) == 3000
 
 
-# --- check_record ---------------------------------------------------------------------------
-
-
-def _put(item: dict[str, Any]) -> WriteRecord:
-    return WriteRecord("put", item, codec.item_size(item), "data/x.json")
+# --- check_item ---------------------------------------------------------------------------
 
 
 KEYS = (("pk", "S"), ("sk", "N"))
 
 
-def test_check_record_accepts_a_good_item() -> None:
-    assert check_record(_put({"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x"}}), KEYS) is None
-    big_but_fine = _put({"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x" * 409_000}})
-    assert big_but_fine.size <= MAX_ITEM_BYTES
-    assert check_record(big_but_fine, KEYS) is None
+def check(item: dict[str, Any], keys: Any = KEYS, kind: RecordKind = "put") -> str | None:
+    return check_item(kind, item, codec.item_size(item), keys)
 
 
-def test_check_record_refuses_an_item_over_400_kb() -> None:
-    record = _put({"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x" * 512_000}})
-    assert check_record(record, KEYS) == (
-        f"item is {record.size:,} bytes, over DynamoDB's 400 KB limit"
-    )
-    assert check_record(record, None) is not None  # the size is checked without keys too
+def test_check_item_accepts_a_good_item() -> None:
+    assert check({"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x"}}) is None
+    big_but_fine = {"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x" * 409_000}}
+    assert codec.item_size(big_but_fine) <= MAX_ITEM_BYTES
+    assert check(big_but_fine) is None
 
 
-def test_check_record_refuses_missing_and_mistyped_keys() -> None:
-    assert check_record(_put({"pk": {"S": "a"}}), KEYS) == "missing key attribute 'sk'"
-    assert check_record(_put({"pk": {"N": "1"}, "sk": {"N": "1"}}), KEYS) == (
-        "key attribute 'pk' is N, table wants S"
-    )
-    assert check_record(_put({"pk": {"S": ""}, "sk": {"N": "1"}}), KEYS) == (
+def test_check_item_refuses_an_item_over_400_kb() -> None:
+    item = {"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x" * 512_000}}
+    assert check(item) == f"item is {codec.item_size(item):,} bytes, over DynamoDB's 400 KB limit"
+    assert check(item, None) is not None  # the size is checked without keys too
+
+
+def test_check_item_refuses_missing_and_mistyped_keys() -> None:
+    assert check({"pk": {"S": "a"}}) == "missing key attribute 'sk'"
+    assert check({"pk": {"N": "1"}, "sk": {"N": "1"}}) == "key attribute 'pk' is N, table wants S"
+    assert check({"pk": {"S": ""}, "sk": {"N": "1"}}) == (
         "key attribute 'pk' is empty, which DynamoDB does not allow"
     )
-    long_key = _put({"pk": {"S": "k" * 2049}, "sk": {"N": "1"}})
-    assert check_record(long_key, KEYS) == (
+    assert check({"pk": {"S": "k" * 2049}, "sk": {"N": "1"}}) == (
         "key attribute 'pk' is 2,049 bytes, over DynamoDB's 2,048 limit"
     )
-    assert check_record(_put({"pk": {"S": "a"}}), None) is None
+    assert check({"pk": {"S": "a"}}, None) is None
 
 
-def test_check_record_refuses_a_delete_with_extra_attributes() -> None:
-    delete = WriteRecord("delete", {"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x"}}, 10, "f")
-    assert check_record(delete, KEYS) == (
+def test_check_item_refuses_a_delete_with_extra_attributes() -> None:
+    assert check({"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x"}}, kind="delete") == (
         "delete key has attribute 'v', which is not a key attribute"
     )
 
+
+def test_records_carry_their_problem_and_key(tmp_path: Path) -> None:
+    """What check_item finds is on the record read, so the importer can dead-letter it."""
+    lines = [
+        {"Item": {"pk": {"S": "fine"}, "sk": {"N": "1.50"}}},
+        {"Item": {"pk": {"S": "no-sort-key"}}},
+        {"Item": {"pk": {"S": "big"}, "sk": {"N": "2"}, "v": {"S": "x" * 410_000}}},
+    ]
+    (tmp_path / "items.json").write_bytes(b"".join(msgspec.json.encode(x) + b"\n" for x in lines))
+
+    async def main() -> list[WriteRecord]:
+        async with open_store(str(tmp_path)) as store:
+            source = await open_source(store)
+            (file,) = source.files
+            return [r async for batch in read_records(store, source, file, KEYS) for r in batch]
+
+    fine, no_sort_key, big = asyncio.run(main())
+    assert (fine.problem, fine.key) == (None, (("S", "fine"), ("N", "1.5")))
+    assert fine.item == lines[0]["Item"] and fine.units == 1
+    assert no_sort_key.problem == "missing key attribute 'sk'"
+    assert big.problem is not None and big.problem.startswith("item is 410,")

@@ -8,20 +8,20 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from ddbpipe.codec import item_size
 from ddbpipe.config import AwsOptions
 from ddbpipe.dynamo import DynamoClient, RetryPolicy
 from ddbpipe.errors import TableNotFoundError
 from ddbpipe.progress import JobProgress
 from ddbpipe.ratelimit import AdaptiveRate, KeyRateLimiter, SystemClock, TokenBucket
-from ddbpipe.records import WriteRecord
+from ddbpipe.records import WriteRecord, new_record
 from ddbpipe.writer import TableWriter
+from tests.endpoints import serving as serve_post
 
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 
@@ -33,8 +33,10 @@ def writes_only_once(endpoint: str) -> DynamoClient:
     )
 
 
-def put(item: dict[str, Any], source: str = "shard-0") -> WriteRecord:
-    return WriteRecord("put", item, item_size(item), source)
+def put(
+    item: dict[str, Any], source: str = "shard-0", key_names: tuple[str, ...] = ("pk",)
+) -> WriteRecord:
+    return new_record("put", item, source=source, key_names=key_names)
 
 
 async def stream(records: list[WriteRecord]) -> AsyncIterator[WriteRecord]:
@@ -105,7 +107,7 @@ def test_every_record_is_written_with_the_last_write_of_each_key_winning(
         pk, sk = f"user-{rng.randrange(200)}", rng.randrange(10)
         item = {"pk": {"S": pk}, "sk": {"N": str(sk)}, "version": {"N": str(version)}}
         item["payload"] = {"S": "x" * rng.randrange(10, 3000)}
-        records.append(put(item, source=f"shard-{version % 4}"))
+        records.append(put(item, source=f"shard-{version % 4}", key_names=("pk", "sk")))
     expected = {(r.item["pk"]["S"], r.item["sk"]["N"]): r.item for r in records}
     outcomes = Outcomes()
 
@@ -237,20 +239,9 @@ def error(status: int, code: str) -> web.Response:
     return web.json_response(document, status=status, content_type="application/x-amz-json-1.0")
 
 
-@asynccontextmanager
-async def serving(fake: ThrottlingDynamo) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/", fake.handle)
+def serving(fake: ThrottlingDynamo) -> AbstractAsyncContextManager[str]:
     # Handlers still sleeping (the cancellation test) are not waited for at shutdown.
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    return serve_post(fake.handle, shutdown_timeout=0.1)
 
 
 def versioned_records(count: int, keys: int) -> list[WriteRecord]:
@@ -357,7 +348,10 @@ def test_a_hot_partition_key_is_held_to_its_cap_while_others_go() -> None:
     fake = ThrottlingDynamo(p_throttle=0.0, p_unprocessed=0.0)
     # Every third record is for one partition key (its sort keys differ).
     records = [
-        put({"pk": {"S": "hot" if n % 3 == 0 else f"cold-{n}"}, "sk": {"N": str(n)}})
+        put(
+            {"pk": {"S": "hot" if n % 3 == 0 else f"cold-{n}"}, "sk": {"N": str(n)}},
+            key_names=("pk", "sk"),
+        )
         for n in range(3000)
     ]
     outcomes = Outcomes()
