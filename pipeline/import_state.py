@@ -124,6 +124,27 @@ class DeadLetterFile:
         self.count = 0
         self._file: Any = None
 
+    def keep_only(self, sources: set[str]) -> int:
+        """Drop the lines of files not in ``sources``; returns how many lines were dropped.
+
+        A resumed import reads its unfinished files again from their start and dead-letters
+        their bad items again: their earlier lines go first, so each bad item is in the file
+        once. A line cut off by a kill has no readable source and goes too (its file was not
+        finished: a file is checkpointed only after its dead letters are flushed).
+        """
+        try:
+            lines = self.path.read_bytes().splitlines(keepends=True)
+        except FileNotFoundError:
+            return 0
+        except OSError as error:
+            raise StorageError(
+                f"cannot read the dead-letter file {self.path}: {error.strerror or error}"
+            ) from None
+        kept = [line for line in lines if _line_source(line) in sources]
+        if len(kept) < len(lines):
+            write_atomically(self.path, b"".join(kept))
+        return len(lines) - len(kept)
+
     def add(self, *, reason: str, source: str, kind: str, item: dict[str, Any]) -> None:
         if self._file is None:
             try:
@@ -143,3 +164,11 @@ class DeadLetterFile:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _line_source(line: bytes) -> str | None:
+    try:
+        source = msgspec.json.decode(line).get("source")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    return source if isinstance(source, str) and line.endswith(b"\n") else None

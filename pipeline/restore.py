@@ -53,7 +53,8 @@ MIN_BURST_WCU = 25.0
 class ImportSummary:
     """What an import did; ``to_dict`` is the ``--json`` output.
 
-    ``items_read == items_written + items_dead_lettered`` always holds.
+    ``items_read == items_written + items_dead_lettered`` always holds. The counts are the
+    whole import's: a resumed import adds those of the files finished before the resume.
     """
 
     source: str
@@ -90,6 +91,9 @@ async def run_import(options: ImportOptions, progress: JobProgress | None = None
             check_key_schema(options.table, table_keys, source.key_attributes)
             target_wcu = _choose_target_wcu(options, target)
             checkpoint = _open_checkpoint(options, store, source)
+            # What the files finished before a resume hold: part of this import's totals.
+            earlier_written = checkpoint.items_written
+            earlier_dead_lettered = checkpoint.items_dead_lettered
             run = _ImportRun(options, source, store, checkpoint, progress, table_keys)
             await run.write_all(target_wcu)
             indexes = []
@@ -105,9 +109,9 @@ async def run_import(options: ImportOptions, progress: JobProgress | None = None
         source=store.url,
         source_kind=source.kind,
         table=options.table,
-        items_read=run.items_read,
-        items_written=run.items_written,
-        items_dead_lettered=run.dead_letter.count,
+        items_read=run.items_read + earlier_written + earlier_dead_lettered,
+        items_written=run.items_written + earlier_written,
+        items_dead_lettered=run.dead_letter.count + earlier_dead_lettered,
         consumed_wcu=round(run.consumed_wcu, 3),
         throttled_requests=run.throttled_requests,
         unprocessed_items=run.unprocessed_items,
@@ -116,7 +120,9 @@ async def run_import(options: ImportOptions, progress: JobProgress | None = None
         files=len(source.files),
         created_table=created,
         indexes_added=indexes,
-        dead_letter=str(run.dead_letter.path) if run.dead_letter.count else None,
+        dead_letter=(
+            str(run.dead_letter.path) if run.dead_letter.count + earlier_dead_lettered else None
+        ),
         resumed=options.resume,
     )
 
@@ -219,6 +225,11 @@ class _ImportRun:
 
     def __post_init__(self) -> None:
         self.dead_letter = DeadLetterFile(Path(self.options.dead_letter_path))
+        if self.options.resume:
+            # Unfinished files are read again from their start, dead letters included.
+            dropped = self.dead_letter.keep_only(self.checkpoint.done)
+            if dropped:
+                log.info("resuming: %d dead letters of unfinished files will be redone", dropped)
 
     async def write_all(self, target_wcu: float) -> None:
         todo = [f for f in spread_over_segments(self.source.files)

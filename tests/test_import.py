@@ -319,3 +319,40 @@ def test_killed_import_resumes_to_exactly_the_source(
     assert json.loads(result.stdout)["resumed"]
     assert table_items(dynamodb_client, target) == table_items(dynamodb_client, source_table)
     assert not checkpoint.exists()
+
+
+def test_a_resumed_import_dead_letters_each_bad_item_once_and_reports_the_whole_import(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
+) -> None:
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    items = plain_items(20)
+    big = [{"pk": {"S": f"too-big-{name}"}, "blob": {"S": "x" * 420_000}} for name in "ab"]
+    for name, part in (("a", [*items[:10], big[0]]), ("b", [*items[10:], big[1]])):
+        (folder / f"{name}.json").write_bytes(
+            b"".join(msgspec.json.encode({"Item": item}) + b"\n" for item in part))
+    target = make_table()
+    # The state a kill leaves: a.json finished (10 written, 1 dead letter); b.json in
+    # progress, its bad item already dead-lettered, and a last line cut off.
+    checkpoint = tmp_path / "state.json"
+    checkpoint.write_bytes(msgspec.json.encode({
+        "version": 1, "source": str(folder), "table": target, "export_id": None,
+        "done": ["a.json"], "items_written": 10, "items_dead_lettered": 1,
+    }))
+    dead_letter = tmp_path / "dead.jsonl"
+    earlier = [{"reason": "too big", "source": f"{name}.json", "kind": "put", "Item": item}
+               for name, item in zip("ab", big, strict=True)]
+    dead_letter.write_bytes(b"".join(msgspec.json.encode(line) + b"\n" for line in earlier)
+                            + b'{"reason": "too big", "sou')
+    result = run("import", str(folder), target, "--resume", "--json", "--checkpoint",
+                 str(checkpoint), "--dead-letter", str(dead_letter), "--endpoint-url", endpoint,
+                 cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["items_read"], summary["items_written"], summary["items_dead_lettered"]) == (
+        22, 20, 2)
+    letters = [json.loads(line) for line in dead_letter.read_text().splitlines()]
+    assert sorted((x["source"], x["Item"]["pk"]["S"]) for x in letters) == [
+        ("a.json", "too-big-a"), ("b.json", "too-big-b")]
+    # Only b.json was written by this run: a.json counted as done in the checkpoint.
+    assert dynamodb_client.scan(TableName=target, Select="COUNT")["Count"] == 10
