@@ -28,6 +28,12 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
                           stdin=subprocess.DEVNULL, cwd=cwd)
 
 
+def write_loose(path: Path, items: list[dict[str, Any]]) -> None:
+    """A loose NDJSON file of ``{"Item": ...}`` lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(msgspec.json.encode({"Item": item}) + b"\n" for item in items))
+
+
 @pytest.fixture
 def endpoint(dynamodb_local: Any) -> str:
     return str(dynamodb_local.endpoint)
@@ -256,12 +262,9 @@ def test_item_over_400_kb_is_dead_lettered_and_the_exit_is_nonzero(
     tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
 ) -> None:
     folder = tmp_path / "loose"
-    folder.mkdir()
     good = plain_items(10)
     big = {"pk": {"S": "too-big"}, "blob": {"S": "x" * 420_000}}
-    (folder / "items.json").write_bytes(
-        b"".join(msgspec.json.encode({"Item": item}) + b"\n" for item in [*good[:5], big,
-                                                                          *good[5:]]))
+    write_loose(folder / "items.json", [*good[:5], big, *good[5:]])
     target = make_table()
     result = run("import", str(folder), target, "--json", "--endpoint-url", endpoint,
                  cwd=tmp_path)
@@ -325,12 +328,10 @@ def test_a_resumed_import_dead_letters_each_bad_item_once_and_reports_the_whole_
     tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
 ) -> None:
     folder = tmp_path / "loose"
-    folder.mkdir()
     items = plain_items(20)
     big = [{"pk": {"S": f"too-big-{name}"}, "blob": {"S": "x" * 420_000}} for name in "ab"]
-    for name, part in (("a", [*items[:10], big[0]]), ("b", [*items[10:], big[1]])):
-        (folder / f"{name}.json").write_bytes(
-            b"".join(msgspec.json.encode({"Item": item}) + b"\n" for item in part))
+    write_loose(folder / "a.json", [*items[:10], big[0]])
+    write_loose(folder / "b.json", [*items[10:], big[1]])
     target = make_table()
     # The state a kill leaves: a.json finished (10 written, 1 dead letter); b.json in
     # progress, its bad item already dead-lettered, and a last line cut off.
