@@ -451,15 +451,16 @@ def _decode_records(
 ) -> Iterator[WriteRecord]:
     """Records of one file: puts of ``{"Item"}`` lines; for incremental exports and loose
     files also AWS change lines (put NewImage, or delete Keys)."""
+    record = _RecordMaker(key, where, table_keys)
     if kind in ("ddbpipe", "aws-full"):
         # iter_shard_items picks the decoder from the key's extension (zst, gz, Parquet, plain).
         items = iter_shard_items(_slices(data), key)
         for number, raw in enumerate(_named(items, where), start=1):
-            yield _record("put", bytes(raw), key, where, number, table_keys)
+            yield record("put", bytes(raw), number)
     else:
         for number, line in _lines(_decompressed(data, key, where), where):
             kind_, raw = _change(line, where, number)
-            yield _record(kind_, raw, key, where, number, table_keys)
+            yield record(kind_, raw, number)
 
 
 def _slices(data: bytes) -> Iterator[bytes]:
@@ -487,23 +488,27 @@ def _decode_item(raw: bytes, where: str, number: int) -> dict[str, Any]:
         raise CorruptDataError(f"{where}: item {number}: {exc}") from None
 
 
-def _record(
-    kind: RecordKind,
-    raw: bytes,
-    key: str,
-    where: str,
-    number: int,
-    table_keys: tuple[tuple[str, str], ...],
-) -> WriteRecord:
-    item = _decode_item(raw, where, number)
-    try:
-        size = codec.item_size(item)
-    except CorruptDataError as exc:
-        raise CorruptDataError(f"{where}: item {number}: malformed item ({exc})") from None
-    return new_record(
-        kind, item, source=key, key_names=[name for name, _ in table_keys], raw=raw, size=size,
-        problem=check_item(kind, item, size, table_keys),
-    )
+class _RecordMaker:
+    """Makes the records of one file: what is the same for all of them is worked out once."""
+
+    def __init__(self, key: str, where: str, table_keys: tuple[tuple[str, str], ...]) -> None:
+        self.key = key
+        self.where = where
+        self.table_keys = table_keys
+        self.key_names = tuple(name for name, _ in table_keys)
+
+    def __call__(self, kind: RecordKind, raw: bytes, number: int) -> WriteRecord:
+        item = _decode_item(raw, self.where, number)
+        try:
+            size = codec.item_size(item)
+        except CorruptDataError as exc:
+            raise CorruptDataError(
+                f"{self.where}: item {number}: malformed item ({exc})"
+            ) from None
+        return new_record(
+            kind, item, source=self.key, key_names=self.key_names, raw=raw, size=size,
+            problem=check_item(kind, item, size, self.table_keys),
+        )
 
 
 def _decompressed(data: bytes, key: str, where: str) -> Iterator[bytes]:
