@@ -21,7 +21,7 @@ LINT_PATHS := $(wildcard pipeline cli tests tools benchmarks)
 # so it checks the package through a tree of links named as it is installed.
 TYPECHECK_DIR := build/typecheck
 MYPY := rm -rf $(TYPECHECK_DIR) && mkdir -p $(TYPECHECK_DIR)/ddbpipe \
-	&& ln -s $(CURDIR)/pipeline/*.py $(CURDIR)/pipeline/py.typed $(TYPECHECK_DIR)/ddbpipe/ \
+	&& ln -s $(CURDIR)/pipeline/* $(TYPECHECK_DIR)/ddbpipe/ \
 	&& ln -s $(CURDIR)/cli $(TYPECHECK_DIR)/ddbpipe/cli \
 	&& cd $(TYPECHECK_DIR) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p ddbpipe
 BENCHMARKS := $(sort $(wildcard benchmarks/*.py))

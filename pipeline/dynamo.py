@@ -1,79 +1,54 @@
 """The only place that talks to DynamoDB.
 
-Calls are built by hand on DynamoDB's JSON 1.0 protocol, signed with a small SigV4 signer that
-matches botocore's, and sent over one shared aiohttp session. Going around botocore's client
-keeps the raw reply bytes: the export slices items out of Scan pages instead of paying for
-botocore's parser (~10k items/s).
+Calls are built by hand on DynamoDB's JSON 1.0 protocol, signed by ``sigv4.SigV4Signer``
+(equal to botocore's) and sent through a ``Transport``: pooled aiohttp connections in
+production, a ``MockTransport`` handler in tests (as httpx does). Going around botocore's
+client keeps the raw reply bytes: the export slices items out of Scan pages instead of paying
+for botocore's parser (~10k items/s).
 
-Credentials and region still come from a botocore session, so profiles, environment variables,
-config files, SSO and instance roles work as they do in the AWS CLI.
-
-Every failure becomes an error of ``ddbpipe.errors``: throttles and 5xx/connection problems are
-transient and retried here with full-jitter backoff; everything else is terminal and names the
-action and table.
+Region, endpoint and credentials are resolved by ``aws.py``, as the AWS CLI does. Every
+failure becomes an error of ``ddbpipe.errors`` through ``aws.py``'s one error map: throttles
+and 5xx/connection problems are transient and retried here (``retry.retrying``); everything
+else is terminal and names the action and table.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from random import random as random_fraction
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
-from urllib.parse import quote, urlsplit
+from typing import Any, Protocol
 
 import aiohttp
 import botocore.credentials
 import botocore.exceptions
 import botocore.session
-import botocore.utils
 import msgspec
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import aws
 from .config import AwsOptions
 from .errors import (
-    AccessDeniedError,
     AwsRequestError,
-    ConfigError,
     CredentialsError,
     DdbpipeError,
     ServiceUnavailableError,
     TableNotFoundError,
     ThrottledError,
-    TransientError,
 )
+from .retry import Clock, RetryPolicy, SystemClock, retrying
+from .sigv4 import SigV4Signer
 
-__all__ = ["DynamoClient", "RetryPolicy"]
+__all__ = ["DynamoClient", "HttpReply", "MockTransport", "Transport"]
 
 log = logging.getLogger(__name__)
 
 SERVICE = "dynamodb"
 TARGET_PREFIX = "DynamoDB_20120810."
-CONTENT_TYPE = "application/x-amz-json-1.0"
 USER_AGENT = "ddbpipe"
 
-THROTTLE_CODES = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
-UNAVAILABLE_CODES = frozenset(
-    {"InternalServerError", "InternalFailure", "ServiceUnavailable", "ServiceUnavailableException"}
-)
-CREDENTIAL_CODES = frozenset(
-    {
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "ExpiredTokenException",
-        "IncompleteSignatureException",
-        "MissingAuthenticationTokenException",
-        "InvalidClientTokenId",
-    }
-)
-DENIED_CODES = frozenset({"AccessDeniedException", "UnauthorizedOperation"})
 #: Codes a DynamoDB look-alike (e.g. DynamoDB Local) answers for an action it does not have.
 UNSUPPORTED_CODES = frozenset({"UnknownOperationException", "UnsupportedOperationException"})
 
@@ -81,32 +56,72 @@ UNSUPPORTED_CODES = frozenset({"UnknownOperationException", "UnsupportedOperatio
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 
 
+# --- transports ----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, for transient errors only.
+class HttpReply:
+    """One HTTP reply: status, headers (case-insensitive lookups where the transport gives
+    them) and the whole body."""
 
-    The n-th retry (n = 0, 1, ...) sleeps ``random(0, min(max_delay, base_delay * 2**n))``.
-    ``sleep`` and ``random`` are injectable so tests never really wait.
-    """
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
 
-    max_attempts: int = 10
-    base_delay: float = 0.05
-    max_delay: float = 20.0
-    sleep: Callable[[float], Awaitable[None]] = field(
-        default=asyncio.sleep, compare=False, repr=False
-    )
-    random: Callable[[], float] = field(default=random_fraction, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts}")
+class Transport(Protocol):
+    """Sends one signed POST and returns the reply. Connection failures raise one of
+    ``aws.NETWORK_ERRORS``; any status is a reply, not an error."""
 
-    def backoff_cap(self, retry_number: int) -> float:
-        # The exponent is bounded so a huge attempt count cannot overflow a float.
-        return min(self.max_delay, self.base_delay * 2.0 ** min(retry_number, 64))
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply: ...
 
-    def delay(self, retry_number: int) -> float:
-        return self.random() * self.backoff_cap(retry_number)
+    async def close(self) -> None: ...
+
+
+class AiohttpTransport:
+    """Pooled aiohttp connections, made on first use so they belong to the running loop."""
+
+    def __init__(self, max_connections: int = 64) -> None:
+        self.max_connections = max_connections
+        self._http: aiohttp.ClientSession | None = None
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        async with self._session().post(url, data=body, headers=dict(headers)) as reply:
+            return HttpReply(reply.status, reply.headers, await reply.read())
+
+    async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=self.max_connections
+            )
+            self._http = aiohttp.ClientSession(connector=connector, timeout=DEFAULT_TIMEOUT)
+        return self._http
+
+
+Handler = Callable[[str, bytes, Mapping[str, str]], "HttpReply | Awaitable[HttpReply]"]
+
+
+class MockTransport:
+    """A transport that answers every request with ``handler(url, body, headers)`` (a reply,
+    or an awaitable of one), in process: for tests, as httpx's ``MockTransport``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        reply = self.handler(url, body, headers)
+        if not isinstance(reply, HttpReply):
+            reply = await reply
+        # Header names are case-insensitive on the wire; so they are here.
+        return HttpReply(reply.status, CIMultiDictProxy(CIMultiDict(reply.headers)), reply.body)
+
+    async def close(self) -> None:
+        return None
 
 
 class DynamoClient:
@@ -115,6 +130,8 @@ class DynamoClient:
     Use ``async with DynamoClient.open(aws) as client:`` (``open`` itself is synchronous and
     resolves region, endpoint and credentials at once, so configuration errors surface early).
     ``throttles`` and ``retries`` count throttled replies and retried calls, for progress.
+    ``transport`` and ``clock`` are the seams for tests: a ``MockTransport`` answers in
+    process, a ``ManualClock`` fixes the signing time and never really sleeps.
     """
 
     region: str
@@ -128,30 +145,40 @@ class DynamoClient:
         credentials: botocore.credentials.Credentials,
         max_connections: int = 64,
         retry: RetryPolicy | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.region = region
         self.endpoint = endpoint.rstrip("/") + "/"
         self.retry = retry or RetryPolicy()
+        self.clock: Clock = clock or SystemClock()
         self.throttles = 0
         self.retries = 0
         self._credentials = credentials
-        self._signer = _SigV4Signer(self.endpoint, region)
-        self._max_connections = max_connections
-        self._http: aiohttp.ClientSession | None = None
+        self._signer = SigV4Signer(self.endpoint, region, SERVICE, clock=self.clock)
+        self._transport: Transport = transport or AiohttpTransport(max_connections)
 
     @classmethod
     def open(
-        cls, aws: AwsOptions, *, max_connections: int = 64, retry: RetryPolicy | None = None
+        cls,
+        options: AwsOptions,
+        *,
+        max_connections: int = 64,
+        retry: RetryPolicy | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
     ) -> DynamoClient:
-        """Resolve region, endpoint and credentials the way the AWS CLI does."""
-        session = _botocore_session(aws.profile)
-        region = _resolve_region(aws, session)
+        """Resolve region, endpoint and credentials the way the AWS CLI does (``aws.py``)."""
+        session = aws.session(options, botocore.session.Session)
+        region = aws.region(options, session)
         return cls(
             region=region,
-            endpoint=aws.dynamodb_endpoint() or default_endpoint(region),
-            credentials=_resolve_credentials(session),
+            endpoint=aws.dynamodb_endpoint(options, region),
+            credentials=aws.credentials(session),
             max_connections=max_connections,
             retry=retry,
+            transport=transport,
+            clock=clock,
         )
 
     async def __aenter__(self) -> DynamoClient:
@@ -166,9 +193,7 @@ class DynamoClient:
         await self.close()
 
     async def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            await http.close()
+        await self._transport.close()
 
     # --- generic calls ---------------------------------------------------------------------
 
@@ -177,24 +202,17 @@ class DynamoClient:
     ) -> dict[str, Any]:
         """Call ``action`` with a JSON payload and return the decoded reply; retried."""
         body = await self.call_raw(action, msgspec.json.encode(payload), resource=resource)
-        return _json_reply(action, resource, body)
+        return _json_reply(self._call(action, resource), body)
 
     async def call_raw(self, action: str, body: bytes, *, resource: str = "") -> bytes:
         """Send ``body`` as ``action`` and return the raw body of the 200 reply; retried."""
-        retry_number = 0
-        while True:
-            try:
-                return await self._send_once(action, body, resource)
-            except TransientError as error:
-                if isinstance(error, ThrottledError):
-                    self.throttles += 1
-                if retry_number + 1 >= self.retry.max_attempts:
-                    # Same error type, so callers can still tell a throttle from an outage.
-                    attempts = self.retry.max_attempts
-                    raise type(error)(f"{error}; gave up after {attempts} attempts") from error
-                self.retries += 1
-                await self.retry.sleep(self.retry.delay(retry_number))
-                retry_number += 1
+        call = self._call(action, resource)
+        return await retrying(
+            lambda: self._send_once(call, body),
+            policy=self.retry,
+            clock=self.clock,
+            on_retry=self._count_retry,
+        )
 
     # --- the actions ddbpipe uses ------------------------------------------------------------
 
@@ -271,199 +289,61 @@ class DynamoClient:
             b']},"ReturnConsumedCapacity":"TOTAL"}',
         ))
         reply = await self.call_raw("BatchWriteItem", body, resource=table)
-        return _json_reply("BatchWriteItem", table, reply)
+        return _json_reply(self._call("BatchWriteItem", table), reply)
 
     # --- one HTTP exchange -------------------------------------------------------------------
 
-    async def _send_once(self, action: str, body: bytes, resource: str) -> bytes:
-        headers = self._signed_headers(action, body)
+    async def _send_once(self, call: aws.AwsCall, body: bytes) -> bytes:
+        headers = self._signed_headers(call.action, body)
         try:
-            async with self._session().post(self.endpoint, data=body, headers=headers) as reply:
-                reply_body = await reply.read()
-                status = reply.status
-                reply_headers = reply.headers
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise ServiceUnavailableError(
-                f"{_where(action, resource)} could not reach {self.endpoint}: "
-                f"{type(error).__name__} {error}".rstrip()
-            ) from error
-        if status != 200:
-            raise self._error_from_reply(action, resource, status, reply_headers, reply_body)
-        _check_crc32(action, resource, reply_headers, reply_body)
-        return reply_body
+            reply = await self._transport.post(self.endpoint, body, headers)
+        except aws.NETWORK_ERRORS as error:
+            raise aws.error_from_exception(call, error, self.endpoint) from error
+        if reply.status != 200:
+            code, message = _error_code(reply.headers, reply.body)
+            refused = aws.error_from_reply(call, reply.status, code, message)
+            if isinstance(refused, ThrottledError):
+                self.throttles += 1
+            raise refused
+        _check_crc32(call, reply)
+        return reply.body
 
     def _signed_headers(self, action: str, body: bytes) -> dict[str, str]:
         # Frozen per request, so refreshable credentials (roles, SSO) renew themselves.
         try:
             credentials = self._credentials.get_frozen_credentials()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise CredentialsError(f"could not refresh the AWS credentials: {error}") from error
+            raise CredentialsError(
+                f"could not refresh the AWS credentials: {aws.one_line(error)}"
+            ) from error
         headers = self._signer.sign(credentials, TARGET_PREFIX + action, body)
         # Identity encoding keeps the x-amz-crc32 check valid over the exact bytes received.
         headers["Accept-Encoding"] = "identity"
         headers["User-Agent"] = USER_AGENT
         return headers
 
-    def _session(self) -> aiohttp.ClientSession:
-        # Created lazily so it belongs to the running event loop.
-        if self._http is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=self._max_connections
-            )
-            self._http = aiohttp.ClientSession(connector=connector, timeout=DEFAULT_TIMEOUT)
-        return self._http
+    def _call(self, action: str, resource: str) -> aws.AwsCall:
+        return aws.AwsCall(SERVICE, action, resource=resource, region=self.region)
 
-    def _error_from_reply(
-        self, action: str, resource: str, status: int, headers: Any, body: bytes
-    ) -> DdbpipeError:
-        code, message = parse_error(headers, body)
-        return classify_error(
-            action=action,
-            resource=resource,
-            region=self.region,
-            status=status,
-            code=code,
-            message=message,
-        )
+    def _count_retry(self, error: DdbpipeError) -> None:
+        self.retries += 1
 
 
-# --- request signing -----------------------------------------------------------------------
-
-_SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+# --- replies -------------------------------------------------------------------------------
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class _SigV4Signer:
-    """AWS Signature V4 for DynamoDB JSON POSTs, equal to botocore's ``SigV4Auth``.
-
-    botocore rebuilds a generic request and re-derives the signing key on every call (~50 us).
-    Here what is fixed per endpoint is prepared once, the keyed HMAC is cached until the UTC
-    date or the secret key changes, and the timestamp string until the second changes.
-    ``clock`` returns the current UTC time (injectable, so tests control the date).
-    """
-
-    def __init__(
-        self,
-        endpoint: str,
-        region: str,
-        service: str = SERVICE,
-        *,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        self.region = region
-        self.service = service
-        self.clock = clock
-        #: How often the signing key was derived (makes the cache observable in tests).
-        self.key_derivations = 0
-        path, host = _canonical_target(endpoint)
-        # The signed headers sort as content-type, host, x-amz-date, [x-amz-security-token],
-        # x-amz-target; botocore signs exactly these (none is on its blacklist).
-        self._request_head = f"POST\n{path}\n\ncontent-type:{CONTENT_TYPE}\nhost:{host}\n"
-        self._key_for: tuple[str, str] | None = None
-        self._hmac = hmac.new(b"", digestmod=hashlib.sha256)
-        self._second: datetime | None = None
-        self._timestamp = ""
-
-    def sign(
-        self, credentials: botocore.credentials.ReadOnlyCredentials, target: str, body: bytes
-    ) -> dict[str, str]:
-        """The X-Amz-Target, Content-Type, X-Amz-Date, [X-Amz-Security-Token] and
-        Authorization headers of a POST of ``body`` to the endpoint, as botocore would sign it."""
-        timestamp = self._now()
-        headers = {"X-Amz-Target": target, "Content-Type": CONTENT_TYPE, "X-Amz-Date": timestamp}
-        if credentials.token:
-            headers["X-Amz-Security-Token"] = credentials.token
-        signed_names, canonical_request = self._canonical_request(
-            timestamp, credentials.token, target, body
-        )
-        scope = f"{timestamp[:8]}/{self.region}/{self.service}/aws4_request"
-        request_hash = _sha256_hex(canonical_request.encode())
-        mac = self._keyed_hmac(credentials.secret_key, timestamp[:8])
-        mac.update(f"AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n{request_hash}".encode())
-        headers["Authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
-            f"SignedHeaders={signed_names}, Signature={mac.hexdigest()}"
-        )
-        return headers
-
-    def _canonical_request(
-        self, timestamp: str, token: str | None, target: str, body: bytes
-    ) -> tuple[str, str]:
-        # SigV4 trims header values and collapses inner whitespace; only these two can vary.
-        lines = [self._request_head, f"x-amz-date:{timestamp}\n"]
-        if token:
-            lines.append(f"x-amz-security-token:{_trim_all(token)}\n")
-            signed_names = "content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
-        else:
-            signed_names = "content-type;host;x-amz-date;x-amz-target"
-        lines.append(f"x-amz-target:{_trim_all(target)}\n\n{signed_names}\n{_sha256_hex(body)}")
-        return signed_names, "".join(lines)
-
-    def _now(self) -> str:
-        # strftime costs a few microseconds; the string only changes once a second.
-        second = self.clock().replace(microsecond=0)
-        if second != self._second:
-            # A naive time is taken as UTC, as botocore does; an aware one is converted.
-            utc = second.astimezone(UTC) if second.tzinfo is not None else second
-            self._second, self._timestamp = second, utc.strftime(_SIGV4_TIMESTAMP)
-        return self._timestamp
-
-    def _keyed_hmac(self, secret_key: str, date_stamp: str) -> hmac.HMAC:
-        # The key takes four HMACs and only changes with the day or the credentials; copying a
-        # keyed HMAC also skips re-keying it for every request.
-        if self._key_for != (secret_key, date_stamp):
-            key = ("AWS4" + secret_key).encode()
-            for part in (date_stamp, self.region, self.service, "aws4_request"):
-                key = hmac.digest(key, part.encode(), "sha256")
-            self._hmac = hmac.new(key, digestmod=hashlib.sha256)
-            self._key_for = (secret_key, date_stamp)
-            self.key_derivations += 1
-        return self._hmac.copy()
-
-
-def _canonical_target(endpoint: str) -> tuple[str, str]:
-    """The canonical URI and the signed host of ``endpoint``, by botocore's rules: dot segments
-    and repeated slashes removed, and the host lowercased, without user info or a default port,
-    an IPv6 literal in brackets."""
-    parts = urlsplit(endpoint)
-    path = quote(botocore.utils.normalize_url_path(parts.path), safe="/~")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    return path, host
-
-
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _trim_all(value: str) -> str:
-    return " ".join(value.split())
-
-
-# --- errors --------------------------------------------------------------------------------
-
-
-def _json_reply(action: str, resource: str, body: bytes) -> dict[str, Any]:
+def _json_reply(call: aws.AwsCall, body: bytes) -> dict[str, Any]:
     """A 200 reply's JSON object; anything else means the endpoint is not DynamoDB-like."""
     try:
         reply = msgspec.json.decode(body) if body else {}
     except msgspec.DecodeError:
         reply = None
     if not isinstance(reply, dict):
-        raise ServiceUnavailableError(
-            f"{_where(action, resource)} returned a reply that is not a JSON object"
-        )
+        raise ServiceUnavailableError(f"{call} returned a reply that is not a JSON object")
     return reply
 
 
-def parse_error(headers: Any, body: bytes) -> tuple[str, str]:
+def _error_code(headers: Mapping[str, str], body: bytes) -> tuple[str, str]:
     """The error code and message of a DynamoDB error reply (either may be empty)."""
     code, message = "", ""
     try:
@@ -473,98 +353,24 @@ def parse_error(headers: Any, body: bytes) -> tuple[str, str]:
     if isinstance(document, dict):
         code = str(document.get("__type") or "")
         message = str(document.get("message") or document.get("Message") or "")
-    if not code and headers is not None:
+    if not code:
         code = str(headers.get("x-amzn-ErrorType") or "").split(":", 1)[0]
     # "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException" -> the part after '#'.
     return code.rsplit("#", 1)[-1], message
 
 
-def classify_error(
-    *, action: str, resource: str, region: str, status: int, code: str, message: str
-) -> DdbpipeError:
-    """Map a DynamoDB error reply to ddbpipe's error tree (transient or terminal)."""
-    where = _where(action, resource)
-    detail = f"{code or f'HTTP {status}'}: {message}" if message else (code or f"HTTP {status}")
-    fields = {"service": SERVICE, "action": action, "code": code, "resource": resource}
-    if code in THROTTLE_CODES:
-        return ThrottledError(f"{where} was throttled ({detail})")
-    if status >= 500 or code in UNAVAILABLE_CODES:
-        return ServiceUnavailableError(f"{where} failed on the service side ({detail})")
-    if code == "ResourceNotFoundException":
-        return TableNotFoundError(
-            f"table '{resource}' not found in region {region} (dynamodb:{action}): "
-            "check the name, --region and --profile",
-            **fields,
+def _check_crc32(call: aws.AwsCall, reply: HttpReply) -> None:
+    # DynamoDB checksums every reply; a mismatch means bytes were damaged in transit.
+    expected = reply.headers.get("x-amz-crc32")
+    if expected is None or reply.headers.get("Content-Encoding"):
+        return
+    if str(zlib.crc32(reply.body)) != expected.strip():
+        raise ServiceUnavailableError(
+            f"the reply to {call} failed its CRC32 check (damaged in transit)"
         )
-    if code in CREDENTIAL_CODES:
-        return AccessDeniedError(
-            f"AWS rejected the credentials for {where} ({detail}): "
-            "check or refresh them, or pass another --profile",
-            **fields,
-        )
-    if code in DENIED_CODES:
-        return AccessDeniedError(
-            f"access denied for {where} ({detail}): grant the permission or use another --profile",
-            **fields,
-        )
-    return AwsRequestError(f"{where} was refused ({detail})", **fields)
 
 
 def _log_missing_metadata(what: str, resource: str, error: AwsRequestError) -> None:
     # An emulator without the action is expected; a refused permission deserves a warning.
     level = logging.DEBUG if error.code in UNSUPPORTED_CODES else logging.WARNING
     log.log(level, "cannot read the %s of '%s', leaving them out: %s", what, resource, error)
-
-
-def _where(action: str, resource: str) -> str:
-    return f"dynamodb:{action}" + (f" on '{resource}'" if resource else "")
-
-
-def _check_crc32(action: str, resource: str, headers: Any, body: bytes) -> None:
-    # DynamoDB checksums every reply; a mismatch means bytes were damaged in transit.
-    expected = headers.get("x-amz-crc32")
-    if expected is None or headers.get("Content-Encoding"):
-        return
-    if str(zlib.crc32(body)) != expected.strip():
-        raise ServiceUnavailableError(
-            f"the reply to {_where(action, resource)} failed its CRC32 check (damaged in transit)"
-        )
-
-
-# --- region, endpoint and credentials ------------------------------------------------------
-
-
-def default_endpoint(region: str) -> str:
-    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-    return f"https://dynamodb.{region}.{suffix}"
-
-
-def _botocore_session(profile: str | None) -> botocore.session.Session:
-    session = botocore.session.Session(profile=profile)
-    try:
-        session.get_scoped_config()
-    except botocore.exceptions.ProfileNotFound as error:
-        raise ConfigError(
-            f"AWS profile '{profile or session.profile}' not found: check --profile / AWS_PROFILE"
-        ) from error
-    return session
-
-
-def _resolve_region(aws: AwsOptions, session: botocore.session.Session) -> str:
-    region = aws.region_name() or session.get_config_variable("region")
-    if not region:
-        raise ConfigError("no AWS region: pass --region or set AWS_REGION")
-    return str(region)
-
-
-def _resolve_credentials(session: botocore.session.Session) -> botocore.credentials.Credentials:
-    try:
-        credentials = session.get_credentials()
-    except botocore.exceptions.BotoCoreError as error:
-        raise CredentialsError(f"could not load AWS credentials: {error}") from error
-    if credentials is None:
-        raise CredentialsError(
-            "no AWS credentials found: set AWS_PROFILE or "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or pass --profile"
-        )
-    return credentials

@@ -1,7 +1,8 @@
 """Token buckets that keep DynamoDB capacity use at a chosen rate.
 
-The clock is injected: production uses ``SystemClock``, tests use ``ManualClock`` whose
-``sleep`` moves simulated time forward at once, so rate-limit tests run in milliseconds.
+The clock is injected (``retry.Clock``): production uses ``SystemClock``, tests use
+``ManualClock`` whose ``sleep`` moves simulated time forward at once, so rate-limit tests run
+in milliseconds.
 
 Two ways to spend from a bucket:
 
@@ -19,12 +20,12 @@ partition-key value) without ever waiting, so callers can hold back one key and 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import Protocol
 
-__all__ = ["AdaptiveRate", "Clock", "KeyRateLimiter", "ManualClock", "SystemClock", "TokenBucket"]
+from .retry import Clock, SystemClock
+
+__all__ = ["AdaptiveRate", "KeyRateLimiter", "TokenBucket"]
 
 #: A waiter re-checks the balance at least this often, so set_rate() takes effect promptly.
 MAX_SLEEP_SLICE = 1.0
@@ -32,50 +33,6 @@ MAX_SLEEP_SLICE = 1.0
 
 #: Float rounding can leave a waiter a hair short of its goal; that much counts as reached.
 ROUNDING_SLACK = 1e-9
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """Real time: ``time.monotonic`` and ``asyncio.sleep``."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class ManualClock:
-    """Simulated time for tests; nothing ever really waits.
-
-    Time moves only through ``advance()`` or ``sleep()``. ``sleep(s)`` called at time t yields
-    to the event loop once, then moves the clock to ``max(now, t + s)`` and returns: sleepers
-    that start together overlap in simulated time instead of adding up. Every requested sleep
-    is recorded in ``sleeps``.
-    """
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("a clock cannot go backwards")
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        wake_at = self.now + max(seconds, 0.0)
-        await asyncio.sleep(0)
-        self.now = max(self.now, wake_at)
 
 
 class TokenBucket:

@@ -22,7 +22,6 @@ import errno
 import hashlib
 import logging
 import os
-import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,31 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
-import aiohttp
 import botocore.exceptions as boto_errors
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore import xform_name
 
+from . import aws
 from .config import AwsOptions
-from .errors import (
-    AccessDeniedError,
-    AwsRequestError,
-    BucketNotFoundError,
-    ConfigError,
-    CredentialsError,
-    DdbpipeError,
-    ServiceUnavailableError,
-    StorageError,
-    ThrottledError,
-)
+from .errors import ConfigError, DdbpipeError, StorageError
+from .retry import Attempts, Clock, RetryPolicy, SystemClock
 
 __all__ = [
     "LocalStore",
     "MemoryStore",
     "ObjectInfo",
     "ObjectStore",
-    "RetryPolicy",
     "S3Store",
     "open_store",
 ]
@@ -146,16 +135,8 @@ class ObjectStore(Protocol):
     async def __aexit__(self, *exc_info: object) -> None: ...
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently transient S3 errors are retried (full-jitter backoff)."""
-
-    attempts: int = 8
-    base_delay: float = 0.25
-    max_delay: float = 10.0
-
-    def delay(self, failures: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (failures - 1)))
+#: Transient S3 failures: attempts and backoff.
+DEFAULT_RETRY = RetryPolicy(max_attempts=8, base_delay=0.25, max_delay=10.0)
 
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
@@ -208,10 +189,6 @@ def _md5_hex(data: bytes) -> str:
 def _remove_quietly(path: str | Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 class _Closing:
@@ -540,49 +517,7 @@ def _file_size_or_none(path: Path) -> int | None:
 # S3
 
 
-# Errors that can happen while a request or response body is in flight.
-_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    boto_errors.HTTPClientError,
-    boto_errors.ConnectionError,
-    boto_errors.IncompleteReadError,
-    aiohttp.ClientError,
-    TimeoutError,
-    ConnectionError,
-)
-_THROTTLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "RequestThrottled",
-    }
-)
-_UNAVAILABLE_CODES = frozenset({"InternalError", "ServiceUnavailable", "RequestTimeout"})
-_CREDENTIAL_CODES = frozenset(
-    {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-    }
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
-# The IAM permission each action needs, for AccessDenied messages.
-_PERMISSIONS = {
-    "PutObject": "s3:PutObject",
-    "CreateMultipartUpload": "s3:PutObject",
-    "UploadPart": "s3:PutObject",
-    "CompleteMultipartUpload": "s3:PutObject",
-    "AbortMultipartUpload": "s3:AbortMultipartUpload",
-    "GetObject": "s3:GetObject",
-    "HeadObject": "s3:GetObject",
-    "ListObjectsV2": "s3:ListBucket",
-    "HeadBucket": "s3:ListBucket",
-    "DeleteObject": "s3:DeleteObject",
-}
+_NETWORK_ERRORS = aws.NETWORK_ERRORS
 
 
 @dataclass(frozen=True)
@@ -602,12 +537,14 @@ class S3Store(_Closing):
         aws: AwsOptions | None = None,
         *,
         retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.bucket: str | None = bucket
         self.bucket_name = bucket
         self.prefix = prefix
         self.aws = aws or AwsOptions()
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or DEFAULT_RETRY
+        self.clock: Clock = clock or SystemClock()
         self.url = f"s3://{bucket}/{prefix.rstrip('/')}" if prefix else f"s3://{bucket}"
         self._client: Any = None
         self._client_lock = asyncio.Lock()
@@ -663,7 +600,8 @@ class S3Store(_Closing):
         self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE
     ) -> AsyncIterator[bytes]:
         """Stream the object; a dropped connection resumes at the same byte, same version."""
-        offset, failures = 0, 0
+        offset = 0
+        attempts = Attempts(self.retry, self.clock)
         size, etag = -1, None
         while size < 0 or offset < size:
             reply = await self._open_range(key, offset, etag)
@@ -673,14 +611,11 @@ class S3Store(_Closing):
                 async with reply["Body"] as body:
                     while chunk := await body.read(chunk_size):
                         offset += len(chunk)
-                        failures = 0
+                        attempts.succeeded()
                         yield chunk
                 return
             except _NETWORK_ERRORS as exc:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise self._translate(exc, "GetObject", key) from exc
-                await asyncio.sleep(self.retry.delay(failures))
+                await attempts.failed(self._translate(exc, "GetObject", key))
 
     async def head(self, key: str) -> ObjectInfo | None:
         async def head_or_none(client: Any) -> dict[str, Any] | None:
@@ -842,76 +777,19 @@ class S3Store(_Closing):
         self, action: str, key: str | None, request: Callable[[Any], Awaitable[T]]
     ) -> T:
         """Run ``request(client)``; retry transient failures; raise ddbpipe errors."""
-        failures = 0
+        attempts = Attempts(self.retry, self.clock)
         while True:
             try:
                 return await request(await self._get_client())
             except DdbpipeError:
                 raise
             except (boto_errors.ClientError, boto_errors.BotoCoreError, *_NETWORK_ERRORS) as exc:
-                error = self._translate(exc, action, key)
-                failures += 1
-                if not error.transient or failures >= self.retry.attempts:
-                    raise error from exc
-                logger.debug("retrying %s on %s: %s", action, self.where(key), error)
-                await asyncio.sleep(self.retry.delay(failures))
+                # Raises the error itself when it is terminal or the attempts are used up.
+                await attempts.failed(self._translate(exc, action, key))
 
     def _translate(self, exc: BaseException, action: str, key: str | None) -> DdbpipeError:
-        where = self.where(key)
-        if isinstance(exc, boto_errors.ClientError):
-            return self._translate_reply(exc, action, where)
-        if isinstance(exc, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
-            return CredentialsError(
-                f"no AWS credentials found for {action} on {where}: set --profile / AWS_PROFILE "
-                "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            )
-        if isinstance(exc, boto_errors.ParamValidationError):
-            return ConfigError(f"S3 refused the request {action} on {where}: {_one_line(exc)}")
-        if isinstance(exc, _NETWORK_ERRORS):
-            endpoint = self.aws.s3_endpoint() or "AWS S3"
-            return ServiceUnavailableError(
-                f"could not reach {endpoint} for {action} on {where} ({_one_line(exc)}): "
-                "check the network and --endpoint-url, then retry"
-            )
-        return AwsRequestError(
-            f"S3 call {action} on {where} failed: {_one_line(exc)}",
-            service="s3",
-            action=action,
-            resource=self.bucket_name,
-        )
-
-    def _translate_reply(
-        self, exc: boto_errors.ClientError, action: str, where: str
-    ) -> DdbpipeError:
-        code, status = _code(exc), _status(exc)
-        details = {"service": "s3", "action": action, "code": code, "resource": self.bucket_name}
-        if code in _THROTTLE_CODES or status == 429:
-            return ThrottledError(f"S3 slowed down {action} on {where} ({code}): lower concurrency")
-        if code in _UNAVAILABLE_CODES or status >= 500:
-            return ServiceUnavailableError(f"S3 failed {action} on {where} ({code}): retry later")
-        if code == "NoSuchBucket" or (action == "HeadBucket" and status == 404):
-            return BucketNotFoundError(
-                f"S3 bucket '{self.bucket_name}' does not exist ({action} on {where}): "
-                "check the bucket name and --region, or create the bucket",
-                **details,
-            )
-        if code in _CREDENTIAL_CODES:
-            return CredentialsError(
-                f"AWS rejected the credentials ({code}) for {action} on {where}: "
-                "check --profile / AWS_PROFILE and the AWS_* credential variables"
-            )
-        if code == "AccessDenied" or status == 403:
-            return AccessDeniedError(
-                f"access denied: {action} on {where}: these credentials need "
-                f"{_PERMISSIONS.get(action, 's3 access')} on bucket '{self.bucket_name}'",
-                **details,
-            )
-        if code in _NOT_FOUND_CODES or status == 404:
-            return StorageError(f"{where} not found ({action}): check the key and DEST/SOURCE")
-        if code == "PreconditionFailed":
-            return StorageError(f"{where} changed while it was read ({action}): read it again")
-        message = _one_line(exc.response.get("Error", {}).get("Message") or exc)
-        return AwsRequestError(f"S3 refused {action} on {where} ({code}): {message}", **details)
+        call = aws.AwsCall("s3", action, resource=self.bucket_name, location=self.where(key))
+        return aws.error_from_exception(call, exc, aws.s3_endpoint(self.aws) or "AWS S3")
 
     async def _get_client(self) -> Any:
         if self._client is None:
@@ -925,22 +803,14 @@ class S3Store(_Closing):
             return await self._exit_stack.enter_async_context(self._create_client())
         except ValueError as exc:  # botocore's word for a malformed endpoint URL
             raise ConfigError(
-                f"cannot use S3 endpoint {self.aws.s3_endpoint()!r} for {self.url}: "
-                f"{_one_line(exc)}; check --endpoint-url / AWS_ENDPOINT_URL_S3"
+                f"cannot use S3 endpoint {aws.s3_endpoint(self.aws)!r} for {self.url}: "
+                f"{aws.one_line(exc)}; check --endpoint-url / AWS_ENDPOINT_URL_S3"
             ) from exc
 
     def _create_client(self) -> Any:
-        try:
-            session = AioSession(profile=self.aws.profile)
-            region = (
-                self.aws.region_name() or session.get_config_variable("region") or "us-east-1"
-            )
-        except boto_errors.ProfileNotFound as exc:
-            raise CredentialsError(
-                f"AWS profile '{exc.kwargs.get('profile')}' is not in the AWS config files: "
-                "check --profile / AWS_PROFILE"
-            ) from exc
-        endpoint = self.aws.s3_endpoint()
+        session = aws.session(self.aws, AioSession)
+        region = aws.region(self.aws, session)
+        endpoint = aws.s3_endpoint(self.aws)
         config = AioConfig(
             # moto, MinIO and most S3-compatible servers need bucket-in-path addressing.
             s3={"addressing_style": "path"} if endpoint else None,

@@ -8,15 +8,14 @@ one UpdateTable at a time (DynamoDB allows one index change per call), each wait
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from .dynamo import DynamoClient
 from .errors import ConfigError, SchemaMismatchError, TableNotFoundError
 
-log = logging.getLogger("ddbpipe.tables")
+log = logging.getLogger(__name__)
 
 KeyAttributes = tuple[tuple[str, str], ...]
 #: Seconds between DescribeTable polls while waiting for a table or index to be ACTIVE.
@@ -70,16 +69,13 @@ def create_table_request(table: str, schema: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-async def create_table(
-    client: DynamoClient, table: str, schema: dict[str, Any],
-    *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> dict[str, Any]:
+async def create_table(client: DynamoClient, table: str, schema: dict[str, Any]) -> dict[str, Any]:
     """Create ``table`` (without GSIs) and wait until it is ACTIVE; returns its description."""
     if not schema.get("KeySchema"):
         raise ConfigError("the source carries no table schema: create the table first, then "
                           "import without --create-table")
     await client.call("CreateTable", create_table_request(table, schema), resource=table)
-    description = await wait_until_active(client, table, sleep=sleep)
+    description = await wait_until_active(client, table)
     time_to_live = schema.get("TimeToLive")
     if time_to_live and time_to_live.get("Enabled") and time_to_live.get("AttributeName"):
         await client.call(
@@ -93,8 +89,7 @@ async def create_table(
 
 async def add_global_indexes(
     client: DynamoClient, table: str, schema: dict[str, Any],
-    *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    on_index: Callable[[str], None] | None = None,
+    *, on_index: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Add the saved GSIs the table lacks, one at a time, each waited for until ACTIVE.
 
@@ -121,16 +116,14 @@ async def add_global_indexes(
             },
             resource=table,
         )
-        await wait_until_active(client, table, sleep=sleep)
+        await wait_until_active(client, table)
         added.append(index["IndexName"])
     return added
 
 
-async def wait_until_active(
-    client: DynamoClient, table: str,
-    *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> dict[str, Any]:
-    """Poll until the table and all its GSIs are ACTIVE (no index still backfilling)."""
+async def wait_until_active(client: DynamoClient, table: str) -> dict[str, Any]:
+    """Poll until the table and all its GSIs are ACTIVE (no index still backfilling), on the
+    client's clock."""
     while True:
         description = await client.describe_table(table)
         indexes = description.get("GlobalSecondaryIndexes") or []
@@ -138,7 +131,7 @@ async def wait_until_active(
             i.get("IndexStatus") == "ACTIVE" and not i.get("Backfilling") for i in indexes
         ):
             return description
-        await sleep(POLL_SECONDS)
+        await client.clock.sleep(POLL_SECONDS)
 
 
 def provisioned_write_capacity(description: dict[str, Any]) -> int | None:

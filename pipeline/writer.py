@@ -12,7 +12,9 @@ could not be written before its retry deadline), each reported through a callbac
 - Hot keys: an optional ``KeyRateLimiter`` holds back records of a partition-key value over
   its budget (1,000 WCU/s per key in DynamoDB) while other keys go ahead.
 - Retries: throttled and unprocessed records go back into the builder after a full-jitter
-  backoff of their own; a key's later records wait for them, so the order per key holds.
+  backoff of their own (``retry.RetryPolicy``; a record is given up at its deadline, not
+  after a number of attempts); a key's later records wait for them, so the order per key
+  holds.
 - Bad items: a batch refused as invalid is split in halves until the bad record is alone; it
   is dead-lettered with DynamoDB's message and the others are written.
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,9 @@ from .batching import MAX_BATCH_REQUESTS, BatchBuilder
 from .dynamo import DynamoClient
 from .errors import AwsRequestError, ThrottledError, TransientError
 from .progress import JobProgress
-from .ratelimit import AdaptiveRate, Clock, KeyRateLimiter, SystemClock, TokenBucket
+from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
 from .records import Key, WriteRecord, item_key
+from .retry import Clock, RetryPolicy, SystemClock
 
 __all__ = ["ITEM_ERROR_CODES", "TableWriter"]
 
@@ -45,6 +47,13 @@ ITEM_ERROR_CODES = frozenset(
 
 #: How often to look again when every ready record is held back by its key's rate.
 KEY_LIMIT_POLL = 0.02
+
+#: Backoff of a record after a 5xx or a dropped connection.
+DEFAULT_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=20.0)
+#: Backoff of a throttled record: short, because the global bucket already paces a throttled
+#: table, and a long per-record wait on top only leaves capacity unused (seen as an idle tail
+#: with the last few records).
+DEFAULT_THROTTLE_BACKOFF = RetryPolicy(base_delay=0.05, max_delay=1.0)
 
 OnWritten = Callable[[list[WriteRecord], float], None]
 OnDeadLetter = Callable[[WriteRecord, str], None]
@@ -80,15 +89,13 @@ class TableWriter:
         key_limiter: KeyRateLimiter | None = None,
         concurrency: int = 16,
         retry_deadline: float = 15 * 60.0,
-        backoff_base: float = 0.05,
-        backoff_cap: float = 20.0,
-        throttle_backoff_cap: float = 1.0,
+        backoff: RetryPolicy = DEFAULT_BACKOFF,
+        throttle_backoff: RetryPolicy = DEFAULT_THROTTLE_BACKOFF,
         buffer_records: int | None = None,
         on_written: OnWritten | None = None,
         on_dead_letter: OnDeadLetter | None = None,
         progress: JobProgress | None = None,
         clock: Clock | None = None,
-        random_fraction: Callable[[], float] = random.random,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -102,11 +109,8 @@ class TableWriter:
         self.key_limiter = key_limiter
         self.concurrency = concurrency
         self.retry_deadline = retry_deadline
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        # The global bucket already paces a throttled table: a long per-record wait on top
-        # only leaves capacity unused (seen as an idle tail with the last few records).
-        self.throttle_backoff_cap = throttle_backoff_cap
+        self.backoff = backoff
+        self.throttle_backoff = throttle_backoff
         # Enough for every slot to find a full batch, and some to spare for blocked keys.
         self.buffer_records = buffer_records or concurrency * MAX_BATCH_REQUESTS * 4
         self.progress = progress
@@ -122,7 +126,6 @@ class TableWriter:
         self._on_written = on_written
         self._on_dead_letter = on_dead_letter
         self._clock: Clock = clock or SystemClock()
-        self._random = random_fraction
         self._retries: dict[Key, _RetryState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
@@ -336,13 +339,8 @@ class TableWriter:
                 f"({state.attempts} attempts); last error: {reason}",
             )
             return
-        cap = self.throttle_backoff_cap if throttled else self.backoff_cap
-        self._spawn(self._requeue_after(record, self._backoff(state.attempts - 1, cap)))
-
-    def _backoff(self, retry_number: int, cap: float) -> float:
-        # Full jitter: retries of one congestion event spread out instead of coming back as one.
-        ceiling = min(cap, self.backoff_base * 2.0 ** min(retry_number, 64))
-        return self._random() * ceiling
+        policy = self.throttle_backoff if throttled else self.backoff
+        self._spawn(self._requeue_after(record, policy.delay(state.attempts - 1, self._clock)))
 
     async def _requeue_after(self, record: WriteRecord, delay: float) -> None:
         await self._clock.sleep(delay)

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ddbpipe.batching import MAX_BATCH_BYTES, BatchBuilder, interleave
-from ddbpipe.ratelimit import KeyRateLimiter, ManualClock
+from ddbpipe.ratelimit import KeyRateLimiter
 from ddbpipe.records import WriteRecord, new_record
+from ddbpipe.retry import ManualClock
 
 
 def record(pk: str, sk: int | None = None, *, size: int = 100, version: int = 0) -> WriteRecord:

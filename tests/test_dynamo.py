@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,8 +13,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from ddbpipe.aws import default_dynamodb_endpoint
 from ddbpipe.config import AwsOptions
-from ddbpipe.dynamo import DynamoClient, RetryPolicy, default_endpoint
+from ddbpipe.dynamo import DynamoClient
 from ddbpipe.errors import (
     AccessDeniedError,
     AwsRequestError,
@@ -25,36 +25,24 @@ from ddbpipe.errors import (
     TableNotFoundError,
     ThrottledError,
 )
+from ddbpipe.retry import ManualClock, RetryPolicy
 from tests.endpoints import serving as serve_post
 from tools.services import free_port
 
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 
 
-class RecordingSleep:
-    """A sleep that returns at once and remembers what it was asked for."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
+def fast_policy(max_attempts: int = 10) -> tuple[RetryPolicy, ManualClock]:
+    """A policy and the manual clock its backoff sleeps on (``clock.sleeps`` records them)."""
+    return RetryPolicy(max_attempts=max_attempts, base_delay=0.05, max_delay=0.3), ManualClock()
 
 
-def fast_policy(max_attempts: int = 10) -> tuple[RetryPolicy, RecordingSleep]:
-    sleep = RecordingSleep()
-    policy = RetryPolicy(
-        max_attempts=max_attempts,
-        base_delay=0.05,
-        max_delay=0.3,
-        sleep=sleep,
-        random=random.Random(7).random,
+def local_client(
+    endpoint: str, retry: RetryPolicy | None = None, clock: ManualClock | None = None
+) -> DynamoClient:
+    return DynamoClient.open(
+        AwsOptions(region="us-east-1", endpoint_url=endpoint), retry=retry, clock=clock
     )
-    return policy, sleep
-
-
-def local_client(endpoint: str, retry: RetryPolicy | None = None) -> DynamoClient:
-    return DynamoClient.open(AwsOptions(region="us-east-1", endpoint_url=endpoint), retry=retry)
 
 
 def numbered_items(count: int) -> list[dict[str, Any]]:
@@ -202,7 +190,9 @@ def test_region_comes_from_the_environment_and_picks_the_endpoint() -> None:
     client = DynamoClient.open(AwsOptions())
     assert client.region == "us-east-1"
     assert client.endpoint == "https://dynamodb.us-east-1.amazonaws.com/"
-    assert default_endpoint("cn-north-1") == "https://dynamodb.cn-north-1.amazonaws.com.cn"
+    assert default_dynamodb_endpoint("cn-north-1") == (
+        "https://dynamodb.cn-north-1.amazonaws.com.cn"
+    )
 
 
 def test_aws_region_is_honoured_like_the_aws_cli(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,13 +269,13 @@ async def canned_server(
 
 def run_against(
     replies: list[Reply],
-    policy: RetryPolicy,
+    retry: tuple[RetryPolicy, ManualClock],
     use: Callable[[DynamoClient], Awaitable[Any]],
     damaged: int = 0,
 ) -> tuple[Any, DynamoClient, CannedDynamo]:
     async def scenario() -> tuple[Any, DynamoClient, CannedDynamo]:
         async with canned_server(replies, damaged) as (endpoint, canned):
-            client = local_client(endpoint, policy)
+            client = local_client(endpoint, *retry)
             async with client:
                 return await use(client), client, canned
 
@@ -297,13 +287,14 @@ def describe_canned(client: DynamoClient) -> Awaitable[dict[str, Any]]:
 
 
 def assert_full_jitter(delays: list[float], policy: RetryPolicy) -> None:
+    assert len(set(delays)) == len(delays), "full jitter draws a new delay for each retry"
     for retry_number, delay in enumerate(delays):
         assert 0 <= delay <= min(policy.max_delay, policy.base_delay * 2**retry_number)
 
 
 def test_requests_are_signed_dynamodb_json_calls() -> None:
-    policy, _ = fast_policy()
-    _, _, canned = run_against([OK], policy, describe_canned)
+    retry = fast_policy()
+    _, _, canned = run_against([OK], retry, describe_canned)
     headers = canned.requests[0]
     assert headers["X-Amz-Target"] == "DynamoDB_20120810.DescribeTable"
     assert headers["Content-Type"] == "application/x-amz-json-1.0"
@@ -312,51 +303,56 @@ def test_requests_are_signed_dynamodb_json_calls() -> None:
 
 
 def test_throttled_twice_then_success() -> None:
-    policy, sleep = fast_policy()
+    retry = fast_policy()
+    policy, clock = retry
     throttle = error_reply(400, "ProvisionedThroughputExceededException")
-    reply, client, canned = run_against([throttle, throttle, OK], policy, describe_canned)
+    reply, client, canned = run_against([throttle, throttle, OK], retry, describe_canned)
     assert reply == {"TableName": "canned"}
     assert len(canned.requests) == 3
     assert (client.throttles, client.retries) == (2, 2)
-    assert len(sleep.delays) == 2
-    assert_full_jitter(sleep.delays, policy)
+    assert len(clock.sleeps) == 2
+    assert_full_jitter(clock.sleeps, policy)
 
 
 def test_server_error_then_success() -> None:
-    policy, sleep = fast_policy()
+    retry = fast_policy()
+    clock = retry[1]
     reply, client, _ = run_against(
-        [error_reply(500, "InternalServerError", field="Message"), OK], policy, describe_canned
+        [error_reply(500, "InternalServerError", field="Message"), OK], retry, describe_canned
     )
     assert reply == {"TableName": "canned"}
     assert (client.throttles, client.retries) == (0, 1)
-    assert len(sleep.delays) == 1
+    assert len(clock.sleeps) == 1
 
 
 def test_always_throttled_gives_up_after_max_attempts() -> None:
-    policy, sleep = fast_policy(max_attempts=6)
+    retry = fast_policy(max_attempts=6)
+    policy, clock = retry
     with pytest.raises(ThrottledError, match="ThrottlingException") as caught:
-        run_against([error_reply(400, "ThrottlingException")], policy, describe_canned)
+        run_against([error_reply(400, "ThrottlingException")], retry, describe_canned)
     assert "dynamodb:DescribeTable on 'canned'" in str(caught.value)
     assert str(caught.value).endswith("gave up after 6 attempts")
-    assert len(sleep.delays) == 5
-    assert_full_jitter(sleep.delays, policy)
-    assert max(sleep.delays) <= policy.max_delay
+    assert len(clock.sleeps) == 5
+    assert_full_jitter(clock.sleeps, policy)
+    assert max(clock.sleeps) <= policy.max_delay
 
 
 def test_reply_damaged_in_transit_is_retried() -> None:
-    policy, sleep = fast_policy()
-    reply, _, canned = run_against([OK], policy, describe_canned, damaged=1)
+    retry = fast_policy()
+    clock = retry[1]
+    reply, _, canned = run_against([OK], retry, describe_canned, damaged=1)
     assert reply == {"TableName": "canned"}
     assert len(canned.requests) == 2
-    assert len(sleep.delays) == 1
+    assert len(clock.sleeps) == 1
 
 
 def test_validation_error_is_not_retried() -> None:
-    policy, sleep = fast_policy()
+    retry = fast_policy()
+    clock = retry[1]
     with pytest.raises(AwsRequestError) as caught:
         run_against(
             [error_reply(400, "ValidationException", "1 validation error detected"), OK],
-            policy,
+            retry,
             describe_canned,
         )
     error = caught.value
@@ -367,22 +363,27 @@ def test_validation_error_is_not_retried() -> None:
         "DescribeTable",
         "canned",
     )
-    assert sleep.delays == []
+    assert clock.sleeps == []
 
 
-@pytest.mark.parametrize(
-    "code", ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"]
-)
-def test_refused_credentials_are_access_denied_naming_the_action(code: str) -> None:
-    policy, sleep = fast_policy()
-    with pytest.raises(AccessDeniedError, match="dynamodb:DescribeTable") as caught:
-        run_against([error_reply(400, code)], policy, describe_canned)
-    assert caught.value.code == code
-    assert sleep.delays == []
+def test_a_missing_permission_is_access_denied_naming_the_permission() -> None:
+    retry = fast_policy()
+    with pytest.raises(AccessDeniedError, match="need dynamodb:DescribeTable") as caught:
+        run_against([error_reply(400, "AccessDeniedException")], retry, describe_canned)
+    assert caught.value.code == "AccessDeniedException"
+    assert retry[1].sleeps == []
+
+
+@pytest.mark.parametrize("code", ["UnrecognizedClientException", "ExpiredTokenException"])
+def test_rejected_credentials_are_a_credentials_error_naming_the_action(code: str) -> None:
+    retry = fast_policy()
+    with pytest.raises(CredentialsError, match=f"dynamodb:DescribeTable on 'canned' .{code}"):
+        run_against([error_reply(400, code)], retry, describe_canned)
+    assert retry[1].sleeps == []
 
 
 def test_access_denied_on_optional_metadata_is_none() -> None:
-    policy, _ = fast_policy()
+    retry = fast_policy()
 
     async def read_metadata(client: DynamoClient) -> tuple[Any, Any]:
         return (
@@ -390,12 +391,12 @@ def test_access_denied_on_optional_metadata_is_none() -> None:
             await client.list_tags("arn:aws:dynamodb:us-east-1:1:table/canned"),
         )
 
-    result, _, _ = run_against([error_reply(400, "AccessDeniedException")], policy, read_metadata)
+    result, _, _ = run_against([error_reply(400, "AccessDeniedException")], retry, read_metadata)
     assert result == (None, None)
 
 
 def test_list_tags_follows_every_page() -> None:
-    policy, _ = fast_policy()
+    retry = fast_policy()
     pages: list[Reply] = [
         (200, {"Tags": [{"Key": "a", "Value": "1"}], "NextToken": "more"}),
         (200, {"Tags": [{"Key": "b", "Value": "2"}]}),
@@ -404,35 +405,35 @@ def test_list_tags_follows_every_page() -> None:
     async def list_tags(client: DynamoClient) -> Any:
         return await client.list_tags("arn:aws:dynamodb:us-east-1:1:table/canned")
 
-    tags, _, canned = run_against(pages, policy, list_tags)
+    tags, _, canned = run_against(pages, retry, list_tags)
     assert tags == [{"Key": "a", "Value": "1"}, {"Key": "b", "Value": "2"}]
     assert len(canned.requests) == 2
 
 
 def test_unreachable_endpoint_is_transient_and_retried() -> None:
-    policy, sleep = fast_policy(max_attempts=3)
+    retry = fast_policy(max_attempts=3)
+    clock = retry[1]
 
     async def describe() -> dict[str, Any]:
-        async with local_client(f"http://127.0.0.1:{free_port()}", policy) as client:
+        async with local_client(f"http://127.0.0.1:{free_port()}", *retry) as client:
             return await client.describe_table("canned")
 
     with pytest.raises(ServiceUnavailableError, match="could not reach"):
         asyncio.run(describe())
-    assert len(sleep.delays) == 2
+    assert len(clock.sleeps) == 2
 
 
 def test_cancelling_during_backoff_raises_cancelled_error_promptly() -> None:
     backoff_started = asyncio.Event()
 
-    async def endless_sleep(seconds: float) -> None:
-        backoff_started.set()
-        await asyncio.sleep(3600)
-
-    policy = RetryPolicy(sleep=endless_sleep)
+    class EndlessBackoff(ManualClock):
+        async def sleep(self, seconds: float) -> None:
+            backoff_started.set()
+            await asyncio.sleep(3600)
 
     async def scenario() -> None:
         async with canned_server([error_reply(400, "ThrottlingException")]) as (endpoint, _):
-            client = local_client(endpoint, policy)
+            client = local_client(endpoint, RetryPolicy(), EndlessBackoff())
             async with client:
                 call = asyncio.create_task(client.describe_table("canned"))
                 await asyncio.wait_for(backoff_started.wait(), timeout=5)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from ddbpipe.ratelimit import AdaptiveRate, ManualClock, SystemClock, TokenBucket
+from ddbpipe.ratelimit import AdaptiveRate, TokenBucket
+from ddbpipe.retry import ManualClock
 
 
 def units_through_in(bucket: TokenBucket, clock: ManualClock, seconds: float, unit: float) -> float:
@@ -182,13 +183,6 @@ def test_rates_must_be_positive() -> None:
         TokenBucket(10, burst=0)
     with pytest.raises(ValueError):
         TokenBucket(10).set_rate(-1)
-
-
-def test_system_clock_is_real_time() -> None:
-    clock = SystemClock()
-    before = clock.monotonic()
-    asyncio.run(clock.sleep(0))
-    assert clock.monotonic() >= before
 
 
 # --- AdaptiveRate ----------------------------------------------------------------------------

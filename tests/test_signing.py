@@ -1,12 +1,13 @@
 """The request signer of DynamoClient: its headers equal botocore's SigV4Auth for the same
-request at the same time, its signing-key cache follows the date and the credentials, and a
-server that verifies signatures accepts what goes over the wire."""
+request at the same time (as the client sends them, seen through a MockTransport), its
+signing-key cache follows the date and the credentials, and a server that verifies
+signatures accepts what goes over the wire."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 from unittest import mock
 
@@ -17,8 +18,10 @@ import botocore.exceptions
 import pytest
 from aiohttp import web
 
-from ddbpipe.dynamo import CONTENT_TYPE, TARGET_PREFIX, DynamoClient
+from ddbpipe.dynamo import TARGET_PREFIX, DynamoClient, HttpReply, MockTransport
 from ddbpipe.errors import CredentialsError
+from ddbpipe.retry import ManualClock
+from ddbpipe.sigv4 import CONTENT_TYPE, SigV4Signer
 from tests.endpoints import serving as serve_post
 
 UTC = dt.UTC
@@ -57,14 +60,13 @@ CREDENTIALS = {
 EXTRA_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "ddbpipe"}
 
 
-class Clock:
-    """A settable clock for the signer."""
+def clock_at(when: dt.datetime) -> ManualClock:
+    """A clock whose wall time is ``when``; move it with ``set_time``."""
+    return ManualClock(wall_start=when.timestamp())
 
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
 
-    def __call__(self) -> dt.datetime:
-        return self.now
+def set_time(clock: ManualClock, when: dt.datetime) -> None:
+    clock.wall_start = when.timestamp() - clock.now
 
 
 def botocore_headers(
@@ -89,12 +91,30 @@ def botocore_headers(
     return dict(request.headers.items())
 
 
-def client_at(
-    endpoint: str, region: str, credentials: botocore.credentials.Credentials, clock: Clock
-) -> DynamoClient:
-    client = DynamoClient(region=region, endpoint=endpoint, credentials=credentials)
-    client._signer.clock = clock
-    return client
+class SignedClient:
+    """A DynamoClient on a MockTransport: ``send`` returns the headers it put on the wire."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        region: str,
+        credentials: botocore.credentials.Credentials,
+        clock: ManualClock,
+    ) -> None:
+        self.credentials = credentials
+        self.sent: list[dict[str, str]] = []
+        self.client = DynamoClient(
+            region=region, endpoint=endpoint, credentials=credentials, clock=clock,
+            transport=MockTransport(self.reply),
+        )
+
+    def reply(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        self.sent.append(dict(headers))
+        return HttpReply(200, {}, b"{}")
+
+    def send(self, action: str, body: bytes) -> dict[str, str]:
+        asyncio.run(self.client.call_raw(action, body))
+        return self.sent[-1]
 
 
 def signed_only(headers: dict[str, str]) -> dict[str, str]:
@@ -102,12 +122,14 @@ def signed_only(headers: dict[str, str]) -> dict[str, str]:
 
 
 def assert_matches_botocore(
-    client: DynamoClient, action: str, body: bytes, when: dt.datetime
-) -> None:
-    ours = client._signed_headers(action, body)
-    frozen = client._credentials.get_frozen_credentials()
-    theirs = botocore_headers(client.endpoint, client.region, frozen, action, body, when)
+    client: SignedClient, action: str, body: bytes, when: dt.datetime
+) -> dict[str, str]:
+    ours = client.send(action, body)
+    frozen = client.credentials.get_frozen_credentials()
+    endpoint, region = client.client.endpoint, client.client.region
+    theirs = botocore_headers(endpoint, region, frozen, action, body, when)
     assert signed_only(ours) == theirs
+    return ours
 
 
 # --- equal to botocore ---------------------------------------------------------------------
@@ -118,21 +140,20 @@ def assert_matches_botocore(
 def test_headers_equal_botocore_sigv4(endpoint: str, credentials_name: str) -> None:
     credentials = CREDENTIALS[credentials_name]
     for region in REGIONS:
-        clock = Clock(TIMES[0])
-        client = client_at(endpoint, region, credentials, clock)
+        clock = clock_at(TIMES[0])
+        client = SignedClient(endpoint, region, credentials, clock)
         for when in TIMES:
-            clock.now = when
+            set_time(clock, when)
             for action in ACTIONS:
                 for body in BODIES:
                     assert_matches_botocore(client, action, body, when)
 
 
 def test_signed_headers_are_the_expected_set() -> None:
-    when = TIMES[2]
-    client = client_at(
-        "http://127.0.0.1:8000", "us-east-1", CREDENTIALS["session token"], Clock(when)
+    client = SignedClient(
+        "http://127.0.0.1:8000", "us-east-1", CREDENTIALS["session token"], clock_at(TIMES[2])
     )
-    headers = client._signed_headers("Scan", b"{}")
+    headers = client.send("Scan", b"{}")
     assert headers["X-Amz-Date"] == "20260715T123456Z"
     assert headers["X-Amz-Security-Token"] == TOKEN
     assert headers["Authorization"].startswith(
@@ -143,51 +164,56 @@ def test_signed_headers_are_the_expected_set() -> None:
 
 
 def test_no_security_token_header_without_a_session_token() -> None:
-    client = client_at(
-        "http://127.0.0.1:8000", "us-east-1", CREDENTIALS["no token"], Clock(TIMES[0])
+    client = SignedClient(
+        "http://127.0.0.1:8000", "us-east-1", CREDENTIALS["no token"], clock_at(TIMES[0])
     )
-    headers = client._signed_headers("Scan", b"{}")
+    headers = client.send("Scan", b"{}")
     assert "X-Amz-Security-Token" not in headers
     assert "SignedHeaders=content-type;host;x-amz-date;x-amz-target," in headers["Authorization"]
 
 
 def test_accept_encoding_and_user_agent_are_kept() -> None:
-    client = client_at(
-        "http://127.0.0.1:8000", "us-east-1", CREDENTIALS["no token"], Clock(TIMES[0])
+    client = SignedClient(
+        "http://127.0.0.1:8000", "us-east-1", CREDENTIALS["no token"], clock_at(TIMES[0])
     )
-    headers = client._signed_headers("Scan", b"{}")
+    headers = client.send("Scan", b"{}")
     assert {name: headers[name] for name in EXTRA_HEADERS} == EXTRA_HEADERS
-
-
-def test_an_aware_non_utc_clock_signs_the_same_instant() -> None:
-    # The scope date must be the UTC one even if the clock reports another offset.
-    utc = dt.datetime(2025, 1, 1, 0, 30, tzinfo=UTC)
-    elsewhere = utc.astimezone(dt.timezone(dt.timedelta(hours=-5)))
-    client = client_at(
-        "http://127.0.0.1:8000", "us-east-1", CREDENTIALS["no token"], Clock(elsewhere)
-    )
-    assert_matches_botocore(client, "Scan", b"{}", utc)
 
 
 # --- the signing-key cache -----------------------------------------------------------------
 
 
+def signer_at(when: dt.datetime) -> tuple[SigV4Signer, ManualClock]:
+    clock = clock_at(when)
+    return SigV4Signer("http://127.0.0.1:8000", "us-east-1", "dynamodb", clock=clock), clock
+
+
+def assert_signer_matches_botocore(
+    signer: SigV4Signer, credentials: botocore.credentials.Credentials, when: dt.datetime
+) -> None:
+    frozen = credentials.get_frozen_credentials()
+    ours = signer.sign(frozen, TARGET_PREFIX + "Scan", b"{}")
+    theirs = botocore_headers("http://127.0.0.1:8000", "us-east-1", frozen, "Scan", b"{}", when)
+    assert ours == theirs
+
+
 def test_signing_key_is_derived_once_per_utc_day() -> None:
-    clock = Clock(dt.datetime(2025, 3, 10, 0, 0, 1, tzinfo=UTC))
-    client = client_at("http://127.0.0.1:8000", "us-east-1", CREDENTIALS["session token"], clock)
-    for when in (clock.now, clock.now.replace(hour=12), clock.now.replace(hour=23, minute=59)):
-        clock.now = when
-        assert_matches_botocore(client, "Scan", b"{}", when)
-    assert client._signer.key_derivations == 1
+    day = dt.datetime(2025, 3, 10, 0, 0, 1, tzinfo=UTC)
+    signer, clock = signer_at(day)
+    for when in (day, day.replace(hour=12), day.replace(hour=23, minute=59)):
+        set_time(clock, when)
+        assert_signer_matches_botocore(signer, CREDENTIALS["session token"], when)
+    assert signer.key_derivations == 1
 
 
 def test_signing_key_is_derived_again_when_the_date_changes() -> None:
-    clock = Clock(dt.datetime(2025, 3, 10, 23, 59, 59, tzinfo=UTC))
-    client = client_at("http://127.0.0.1:8000", "us-east-1", CREDENTIALS["no token"], clock)
-    client._signed_headers("Scan", b"{}")
-    clock.now = dt.datetime(2025, 3, 11, 0, 0, 0, tzinfo=UTC)
-    assert_matches_botocore(client, "Scan", b"{}", clock.now)
-    assert client._signer.key_derivations == 2
+    last_second = dt.datetime(2025, 3, 10, 23, 59, 59, tzinfo=UTC)
+    signer, clock = signer_at(last_second)
+    assert_signer_matches_botocore(signer, CREDENTIALS["no token"], last_second)
+    next_day = dt.datetime(2025, 3, 11, 0, 0, 0, tzinfo=UTC)
+    set_time(clock, next_day)
+    assert_signer_matches_botocore(signer, CREDENTIALS["no token"], next_day)
+    assert signer.key_derivations == 2
 
 
 class RotatingCredentials:
@@ -222,27 +248,36 @@ class RotatingCredentials:
         self.now += dt.timedelta(hours=1)
 
 
-def test_signing_key_is_derived_again_when_the_secret_is_refreshed() -> None:
+def test_refreshed_credentials_sign_with_the_new_secret() -> None:
     rotating = RotatingCredentials([("secret-1", "token-1"), ("secret-2", "token-2")])
-    clock = Clock(dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC))
-    client = client_at("http://127.0.0.1:8000", "us-east-1", rotating.credentials, clock)
-    assert_matches_botocore(client, "Scan", b"{}", clock.now)
+    when = dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    signer, _ = signer_at(when)
+    assert_signer_matches_botocore(signer, rotating.credentials, when)
     rotating.expire()
-    assert_matches_botocore(client, "Scan", b"{}", clock.now)
-    assert client._credentials.get_frozen_credentials().secret_key == "secret-2"
-    assert client._signer.key_derivations == 2
+    assert_signer_matches_botocore(signer, rotating.credentials, when)
+    assert rotating.credentials.get_frozen_credentials().secret_key == "secret-2"
+    assert signer.key_derivations == 2
 
 
 def test_signing_key_is_kept_when_only_the_token_is_refreshed() -> None:
     rotating = RotatingCredentials([("same-secret", "token-1"), ("same-secret", "token-2")])
-    clock = Clock(dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC))
-    client = client_at("http://127.0.0.1:8000", "us-east-1", rotating.credentials, clock)
-    client._signed_headers("Scan", b"{}")
+    when = dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    signer, _ = signer_at(when)
+    assert_signer_matches_botocore(signer, rotating.credentials, when)
     rotating.expire()
-    headers = client._signed_headers("Scan", b"{}")
+    assert_signer_matches_botocore(signer, rotating.credentials, when)
+    assert signer.key_derivations == 1
+
+
+def test_the_client_freezes_the_credentials_for_each_request() -> None:
+    rotating = RotatingCredentials([("secret-1", "token-1"), ("secret-2", "token-2")])
+    when = dt.datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    client = SignedClient("http://127.0.0.1:8000", "us-east-1", rotating.credentials,
+                          clock_at(when))
+    assert client.send("Scan", b"{}")["X-Amz-Security-Token"] == "token-1"
+    rotating.expire()
+    headers = assert_matches_botocore(client, "Scan", b"{}", when)
     assert headers["X-Amz-Security-Token"] == "token-2"
-    assert_matches_botocore(client, "Scan", b"{}", clock.now)
-    assert client._signer.key_derivations == 1
 
 
 def test_failing_refresh_is_a_credentials_error() -> None:
@@ -253,9 +288,10 @@ def test_failing_refresh_is_a_credentials_error() -> None:
     credentials = botocore.credentials.RefreshableCredentials.create_from_metadata(
         {"access_key": "a", "secret_key": "s", "token": "t", "expiry_time": past}, refuse, "test"
     )
-    client = client_at("http://127.0.0.1:8000", "us-east-1", credentials, Clock(TIMES[0]))
+    client = SignedClient("http://127.0.0.1:8000", "us-east-1", credentials, clock_at(TIMES[0]))
     with pytest.raises(CredentialsError, match="could not refresh the AWS credentials"):
-        client._signed_headers("Scan", b"{}")
+        client.send("Scan", b"{}")
+    assert client.sent == []
 
 
 # --- on the wire ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ddbpipe.config import AwsOptions
 from ddbpipe.dynamo import DynamoClient
 from ddbpipe.errors import SchemaMismatchError
 from ddbpipe.manifest import key_attributes, table_schema
+from ddbpipe.retry import ManualClock
 from ddbpipe.tables import (
     add_global_indexes,
     check_key_schema,
@@ -43,8 +44,9 @@ SCHEMA = table_schema(SOURCE_DESCRIPTION, {"TimeToLiveStatus": "ENABLED",
                                            "AttributeName": "expires"}, None)
 
 
-async def _quick(seconds: float) -> None:
-    await asyncio.sleep(min(seconds, 0.05))
+def polling_quickly(endpoint: str) -> DynamoClient:
+    """A client whose waits for ACTIVE poll at once (on a manual clock)."""
+    return DynamoClient.open(AwsOptions(endpoint_url=endpoint), clock=ManualClock())
 
 
 def test_create_request_leaves_gsis_and_their_attributes_for_later() -> None:
@@ -72,17 +74,17 @@ def test_create_table_then_indexes_on_dynamodb_local(dynamodb_local: Any,
     table = f"created-{uuid.uuid4().hex[:10]}"
 
     async def scenario() -> tuple[dict[str, Any], list[str], dict[str, Any]]:
-        async with DynamoClient.open(AwsOptions(endpoint_url=dynamodb_local.endpoint)) as client:
-            created = await create_table(client, table, SCHEMA, sleep=_quick)
-            added = await add_global_indexes(client, table, SCHEMA, sleep=_quick)
+        async with polling_quickly(dynamodb_local.endpoint) as client:
+            created = await create_table(client, table, SCHEMA)
+            added = await add_global_indexes(client, table, SCHEMA)
             return created, added, await client.describe_table(table)
 
     try:
         created, added, final = asyncio.run(scenario())
 
         async def again() -> list[str]:
-            async with DynamoClient.open(AwsOptions(endpoint_url=dynamodb_local.endpoint)) as c:
-                return await add_global_indexes(c, table, SCHEMA, sleep=_quick)
+            async with polling_quickly(dynamodb_local.endpoint) as client:
+                return await add_global_indexes(client, table, SCHEMA)
 
         assert asyncio.run(again()) == []  # a resumed import adds only what is missing
         assert "GlobalSecondaryIndexes" not in created

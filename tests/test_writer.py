@@ -15,11 +15,12 @@ import pytest
 from aiohttp import web
 
 from ddbpipe.config import AwsOptions
-from ddbpipe.dynamo import DynamoClient, RetryPolicy
+from ddbpipe.dynamo import DynamoClient
 from ddbpipe.errors import TableNotFoundError
 from ddbpipe.progress import JobProgress
-from ddbpipe.ratelimit import AdaptiveRate, KeyRateLimiter, SystemClock, TokenBucket
+from ddbpipe.ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
 from ddbpipe.records import WriteRecord, new_record
+from ddbpipe.retry import RetryPolicy, SystemClock
 from ddbpipe.writer import TableWriter
 from tests.endpoints import serving as serve_post
 
@@ -251,7 +252,7 @@ def versioned_records(count: int, keys: int) -> list[WriteRecord]:
     ]
 
 
-FAST_RETRIES = {"backoff_base": 0.001, "backoff_cap": 0.02}
+FAST_RETRIES = {"backoff": RetryPolicy(base_delay=0.001, max_delay=0.02)}
 
 
 def test_throttles_and_unprocessed_items_lose_nothing_and_slow_the_rate() -> None:

@@ -1,0 +1,325 @@
+"""The AWS boundary: as whom and where ddbpipe calls AWS, and what AWS's answers mean.
+
+Resolution follows the AWS CLI, the same for every service:
+
+- profile: ``--profile``, else ``AWS_PROFILE``; one that the config files lack is a
+  ``ConfigError``;
+- region: ``--region``, else ``AWS_REGION`` (which botocore itself ignores), else
+  ``AWS_DEFAULT_REGION``, else the profile's; none at all is a ``ConfigError``, for S3 as for
+  DynamoDB (a silently assumed region signs requests for the wrong place);
+- endpoints: ``--endpoint-url`` / ``--s3-endpoint-url``, else ``AWS_ENDPOINT_URL_DYNAMODB`` /
+  ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, else AWS's own;
+- credentials: botocore's chain (environment, config files, SSO, instance roles).
+
+Errors: ``ERROR_CODES`` is the one table from AWS error codes, of DynamoDB and S3 alike, to
+ddbpipe's error tree; where a reply has no code we know, its HTTP status decides.
+``error_from_reply`` and ``error_from_exception`` build the one-line errors the user sees,
+naming the call (``AwsCall``) and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import botocore.credentials
+import botocore.exceptions
+import botocore.session
+
+from .config import AwsOptions
+from .errors import (
+    AccessDeniedError,
+    AwsRequestError,
+    BucketNotFoundError,
+    ConfigError,
+    CredentialsError,
+    DdbpipeError,
+    ServiceUnavailableError,
+    StorageError,
+    TableNotFoundError,
+    ThrottledError,
+)
+
+__all__ = [
+    "ERROR_CODES",
+    "NETWORK_ERRORS",
+    "AwsCall",
+    "credentials",
+    "default_dynamodb_endpoint",
+    "dynamodb_endpoint",
+    "error_from_exception",
+    "error_from_reply",
+    "one_line",
+    "region",
+    "s3_endpoint",
+    "session",
+]
+
+S = TypeVar("S", bound=botocore.session.Session)
+
+#: AWS error codes, of both services, and what each means in ddbpipe's error tree.
+ERROR_CODES: dict[str, type[DdbpipeError]] = {
+    # Out of capacity, for now: back off and retry.
+    "ProvisionedThroughputExceededException": ThrottledError,
+    "ThrottlingException": ThrottledError,
+    "Throttling": ThrottledError,
+    "RequestLimitExceeded": ThrottledError,
+    "SlowDown": ThrottledError,
+    "TooManyRequestsException": ThrottledError,
+    "RequestThrottled": ThrottledError,
+    "RequestThrottledException": ThrottledError,
+    # The service failed this time: retry.
+    "InternalServerError": ServiceUnavailableError,
+    "InternalFailure": ServiceUnavailableError,
+    "InternalError": ServiceUnavailableError,
+    "ServiceUnavailable": ServiceUnavailableError,
+    "ServiceUnavailableException": ServiceUnavailableError,
+    "RequestTimeout": ServiceUnavailableError,
+    "RequestTimeoutException": ServiceUnavailableError,
+    # The credentials are unknown to AWS, expired or malformed: the user must fix them.
+    "UnrecognizedClientException": CredentialsError,
+    "InvalidClientTokenId": CredentialsError,
+    "InvalidAccessKeyId": CredentialsError,
+    "InvalidSignatureException": CredentialsError,
+    "SignatureDoesNotMatch": CredentialsError,
+    "IncompleteSignatureException": CredentialsError,
+    "MissingAuthenticationTokenException": CredentialsError,
+    "ExpiredTokenException": CredentialsError,
+    "ExpiredToken": CredentialsError,
+    "InvalidToken": CredentialsError,
+    "TokenRefreshRequired": CredentialsError,
+    # Known credentials without the permission.
+    "AccessDeniedException": AccessDeniedError,
+    "AccessDenied": AccessDeniedError,
+    "UnauthorizedOperation": AccessDeniedError,
+    "AllAccessDisabled": AccessDeniedError,
+    # Not there.
+    "ResourceNotFoundException": TableNotFoundError,
+    "NoSuchBucket": BucketNotFoundError,
+    "NoSuchKey": StorageError,
+    "NotFound": StorageError,
+    "NoSuchUpload": StorageError,
+    # A conditional read found another version of the object.
+    "PreconditionFailed": StorageError,
+}
+
+#: Errors of the connection itself, raised while a request or reply is on its way.
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.IncompleteReadError,
+    aiohttp.ClientError,
+    TimeoutError,
+    ConnectionError,
+)
+
+#: S3 API actions and the IAM permission each needs (other actions need their own name).
+_S3_PERMISSIONS = {
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "HeadObject": "GetObject",
+    "ListObjectsV2": "ListBucket",
+    "HeadBucket": "ListBucket",
+}
+
+
+# --- as whom and where ----------------------------------------------------------------------
+
+
+def session(options: AwsOptions, factory: Callable[..., S]) -> S:
+    """A session of ``factory`` (botocore's or aiobotocore's) for the options' profile."""
+    new = factory(profile=options.profile)
+    try:
+        new.get_scoped_config()
+    except botocore.exceptions.ProfileNotFound as error:
+        raise _missing_profile(error.kwargs.get("profile") or options.profile) from error
+    return new
+
+
+def region(options: AwsOptions, from_session: botocore.session.Session | None = None) -> str:
+    """The region to call, by the AWS CLI's rules; ``ConfigError`` when there is none."""
+    found = (
+        options.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or (from_session.get_config_variable("region") if from_session is not None else None)
+    )
+    if not found:
+        raise ConfigError("no AWS region: pass --region or set AWS_REGION")
+    return str(found)
+
+
+def dynamodb_endpoint(options: AwsOptions, in_region: str) -> str:
+    return (
+        options.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or default_dynamodb_endpoint(in_region)
+    )
+
+
+def default_dynamodb_endpoint(in_region: str) -> str:
+    suffix = "amazonaws.com.cn" if in_region.startswith("cn-") else "amazonaws.com"
+    return f"https://dynamodb.{in_region}.{suffix}"
+
+
+def s3_endpoint(options: AwsOptions) -> str | None:
+    """A custom S3 endpoint (MinIO, moto, ...), or None for AWS's own."""
+    return (
+        options.s3_endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+
+
+def credentials(from_session: botocore.session.Session) -> botocore.credentials.Credentials:
+    """The session's credentials, resolved now so a missing one is said before any work."""
+    try:
+        found = from_session.get_credentials()
+    except botocore.exceptions.BotoCoreError as error:
+        raise CredentialsError(f"could not load AWS credentials: {one_line(error)}") from error
+    if found is None:
+        raise CredentialsError(_NO_CREDENTIALS)
+    return found
+
+
+_NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "or pass --profile"
+)
+
+
+def _missing_profile(profile: str | None) -> ConfigError:
+    return ConfigError(
+        f"AWS profile '{profile}' not found in the AWS config files: check --profile / AWS_PROFILE"
+    )
+
+
+# --- what the answers mean ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AwsCall:
+    """One AWS API call, as error messages name it.
+
+    ``resource`` is the table (name or ARN) or the bucket; ``location`` how the user knows
+    the object of the call, e.g. ``s3://bucket/prefix/key`` (default: the resource).
+    """
+
+    service: str
+    action: str
+    resource: str = ""
+    location: str = ""
+    region: str = ""
+
+    def __str__(self) -> str:
+        target = self.location or (f"'{self.resource}'" if self.resource else "")
+        return f"{self.service}:{self.action}" + (f" on {target}" if target else "")
+
+    @property
+    def permission(self) -> str:
+        """The IAM permission this call needs."""
+        action = _S3_PERMISSIONS.get(self.action, self.action) if self.service == "s3" else (
+            self.action
+        )
+        return f"{self.service}:{action}"
+
+
+def error_from_reply(call: AwsCall, status: int, code: str, message: str = "") -> DdbpipeError:
+    """The ddbpipe error for an error reply (HTTP ``status``, AWS ``code`` and ``message``)."""
+    kind = _kind_of(call, status, code)
+    detail = f"{code or f'HTTP {status}'}: {one_line(message)}" if message else (
+        code or f"HTTP {status}"
+    )
+    fields = {"service": call.service, "action": call.action, "code": code,
+              "resource": call.resource}
+    if kind is ThrottledError:
+        return ThrottledError(f"{call} was throttled ({detail})")
+    if kind is ServiceUnavailableError:
+        return ServiceUnavailableError(f"{call} failed on the service side ({detail})")
+    if kind is CredentialsError:
+        return CredentialsError(
+            f"AWS rejected the credentials for {call} ({detail}): check or refresh them "
+            "(--profile / AWS_PROFILE, AWS_ACCESS_KEY_ID), or use another profile"
+        )
+    if kind is AccessDeniedError:
+        on = f" on bucket '{call.resource}'" if call.service == "s3" and call.resource else ""
+        return AccessDeniedError(
+            f"access denied for {call} ({detail}): these credentials need {call.permission}"
+            f"{on}; grant it or use another --profile",
+            **fields,
+        )
+    if kind is TableNotFoundError:
+        in_region = f" in region {call.region}" if call.region else ""
+        return TableNotFoundError(
+            f"table '{call.resource}' not found{in_region} ({call.service}:{call.action}): "
+            "check the name, --region and --profile",
+            **fields,
+        )
+    if kind is BucketNotFoundError:
+        return BucketNotFoundError(
+            f"S3 bucket '{call.resource}' does not exist ({call}): check the bucket name and "
+            "--region, or create the bucket",
+            **fields,
+        )
+    if kind is StorageError:
+        where = call.location or call.resource
+        if code == "PreconditionFailed":
+            return StorageError(f"{where} changed while it was read ({call}): read it again")
+        return StorageError(f"{where} not found ({call}): check the key and DEST/SOURCE")
+    return AwsRequestError(f"{call} was refused ({detail})", **fields)
+
+
+def _kind_of(call: AwsCall, status: int, code: str) -> type[DdbpipeError]:
+    if code in ERROR_CODES:
+        return ERROR_CODES[code]
+    if status == 429:
+        return ThrottledError
+    if status >= 500:
+        return ServiceUnavailableError
+    if status == 403:
+        return AccessDeniedError
+    if status == 404 and call.service == "s3":
+        # A HEAD reply has no body, so no code: on the bucket it means the bucket is missing.
+        return BucketNotFoundError if call.action == "HeadBucket" else StorageError
+    return AwsRequestError
+
+
+def error_from_exception(call: AwsCall, error: BaseException, endpoint: str) -> DdbpipeError:
+    """The ddbpipe error for what botocore or the network raised during ``call``.
+
+    ``endpoint`` names where the call went, for connection errors.
+    """
+    if isinstance(error, botocore.exceptions.ClientError):
+        response: dict[str, Any] = error.response
+        details = response.get("Error", {})
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return error_from_reply(
+            call, status, str(details.get("Code", "")), str(details.get("Message") or "")
+        )
+    if isinstance(error, botocore.exceptions.NoCredentialsError
+                  | botocore.exceptions.PartialCredentialsError):
+        return CredentialsError(f"{_NO_CREDENTIALS} (needed for {call})")
+    if isinstance(error, botocore.exceptions.ProfileNotFound):
+        return _missing_profile(error.kwargs.get("profile"))
+    if isinstance(error, botocore.exceptions.NoRegionError):
+        return ConfigError("no AWS region: pass --region or set AWS_REGION")
+    if isinstance(error, botocore.exceptions.ParamValidationError):
+        return ConfigError(f"{call} was refused before it was sent: {one_line(error)}")
+    if isinstance(error, NETWORK_ERRORS):
+        reason = f"{type(error).__name__} {one_line(error)}".rstrip()
+        return ServiceUnavailableError(
+            f"{call} could not reach {endpoint} ({reason}): check the network and the endpoint"
+        )
+    return AwsRequestError(
+        f"{call} failed: {one_line(error)}",
+        service=call.service, action=call.action, resource=call.resource,
+    )
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
