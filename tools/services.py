@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -64,6 +65,8 @@ def dynamodb_local_dir() -> Path:
 class DynamoDBLocal:
     endpoint: str
     process: subprocess.Popen[bytes]
+    #: Its working directory, where it writes its metadata file; removed by ``stop``.
+    workdir: Path
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -73,6 +76,7 @@ class DynamoDBLocal:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _wait_until_listening(endpoint: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -106,6 +110,9 @@ def start_dynamodb_local(port: int | None = None, timeout: float = 60.0) -> Dyna
         raise RuntimeError("Java is needed to run DynamoDB Local, and 'java' is not on PATH")
     folder = dynamodb_local_dir()
     port = port or free_port()
+    # Even in memory it writes dynamodb-local-metadata.json into its working directory: a
+    # directory of its own keeps that out of the project and the npm package.
+    workdir = Path(tempfile.mkdtemp(prefix="ddbpipe-dynamodb-local-"))
     process = subprocess.Popen(
         [
             java,
@@ -117,7 +124,7 @@ def start_dynamodb_local(port: int | None = None, timeout: float = 60.0) -> Dyna
             "-port",
             str(port),
         ],
-        cwd=folder,
+        cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -127,8 +134,9 @@ def start_dynamodb_local(port: int | None = None, timeout: float = 60.0) -> Dyna
     except BaseException:
         process.kill()
         process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return DynamoDBLocal(endpoint=endpoint, process=process)
+    return DynamoDBLocal(endpoint=endpoint, process=process, workdir=workdir)
 
 
 @contextmanager
