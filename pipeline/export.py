@@ -32,13 +32,12 @@ from .manifest import (
     decode_plan,
     encode_plan,
     final_documents,
-    key_attributes,
     segment_state_key,
-    table_schema,
 )
 from .progress import JobProgress
 from .ratelimit import TokenBucket
 from .scan import SegmentTask, run_segment
+from .schema import key_attributes, table_schema
 from .storage import ObjectStore, open_store
 
 log = logging.getLogger("ddbpipe.export")

@@ -16,7 +16,9 @@ from typing import Any
 
 import msgspec
 
+from .config import COMPRESSIONS, FORMATS, Compression, Format
 from .errors import CorruptDataError, FormatVersionError
+from .schema import KeyAttributes
 
 FORMAT_NAME = "ddbpipe-export"
 FORMAT_VERSION = 1
@@ -103,13 +105,14 @@ class ExportPlan:
     table_arn: str
     table_id: str
     region: str
-    data_format: str  # "ndjson" | "parquet"
-    compression: str
+    data_format: Format
+    compression: Compression
     segments: int
     consistent_read: bool
     shard_bytes: int
     start_time: str
-    key_attributes: tuple[tuple[str, str], ...]
+    key_attributes: KeyAttributes
+    #: The table's schema, as ``schema.table_schema`` keeps it.
     table: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,7 +146,7 @@ def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
     document = decode_json_object(data, what)
     check_format_version(document, what)
     try:
-        return ExportPlan(
+        plan = ExportPlan(
             **{
                 name: document[name]
                 for name in ExportPlan.__dataclass_fields__
@@ -153,6 +156,13 @@ def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptDataError(f"{what} is missing or has a wrong field ({error})") from None
+    # Checked here, once, so everything downstream may trust the plan's format and compression.
+    if plan.data_format not in FORMATS or plan.compression not in COMPRESSIONS:
+        raise CorruptDataError(
+            f"{what} names an unknown format or compression ({plan.data_format!r}, "
+            f"{plan.compression!r})"
+        )
+    return plan
 
 
 def encode_checkpoint(checkpoint: SegmentCheckpoint) -> bytes:
@@ -328,92 +338,3 @@ def final_documents(
         ]
     documents.append((MANIFEST_KEY, encode_manifest(manifest)))
     return documents
-
-
-# --- the table description we keep ---------------------------------------------------------
-
-
-def _throughput(description: dict[str, Any] | None) -> dict[str, int] | None:
-    if not description:
-        return None
-    read, write = description.get("ReadCapacityUnits"), description.get("WriteCapacityUnits")
-    if not read and not write:
-        return None
-    return {"ReadCapacityUnits": int(read or 0), "WriteCapacityUnits": int(write or 0)}
-
-
-def _index(description: dict[str, Any], billing_mode: str) -> dict[str, Any]:
-    index: dict[str, Any] = {
-        "IndexName": description["IndexName"],
-        "KeySchema": description["KeySchema"],
-        "Projection": description["Projection"],
-    }
-    throughput = _throughput(description.get("ProvisionedThroughput"))
-    if billing_mode == "PROVISIONED" and throughput:
-        index["ProvisionedThroughput"] = throughput
-    if description.get("OnDemandThroughput"):
-        index["OnDemandThroughput"] = description["OnDemandThroughput"]
-    return index
-
-
-def table_schema(
-    description: dict[str, Any],
-    time_to_live: dict[str, Any] | None,
-    tags: list[dict[str, str]] | None,
-) -> dict[str, Any]:
-    """What it takes to recreate the table, in CreateTable's request shape (plus TTL/tags).
-
-    Secondary indexes keep their projections and capacities; ``TimeToLive`` and ``Tags`` are
-    applied after CreateTable by a restore. ``None`` means the export could not read them.
-    """
-    billing_mode = (description.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED")
-    schema: dict[str, Any] = {
-        "TableName": description["TableName"],
-        "KeySchema": description["KeySchema"],
-        "AttributeDefinitions": description["AttributeDefinitions"],
-        "BillingMode": billing_mode,
-    }
-    throughput = _throughput(description.get("ProvisionedThroughput"))
-    if billing_mode == "PROVISIONED" and throughput:
-        schema["ProvisionedThroughput"] = throughput
-    if description.get("OnDemandThroughput"):
-        schema["OnDemandThroughput"] = description["OnDemandThroughput"]
-    local_indexes = description.get("LocalSecondaryIndexes") or []
-    global_indexes = description.get("GlobalSecondaryIndexes") or []
-    if local_indexes:
-        schema["LocalSecondaryIndexes"] = [_index(i, billing_mode) for i in local_indexes]
-    if global_indexes:
-        schema["GlobalSecondaryIndexes"] = [_index(i, billing_mode) for i in global_indexes]
-    if description.get("StreamSpecification"):
-        schema["StreamSpecification"] = description["StreamSpecification"]
-    sse = description.get("SSEDescription")
-    if sse and sse.get("Status") in ("ENABLED", "ENABLING", "UPDATING"):
-        schema["SSESpecification"] = {"Enabled": True, "SSEType": sse.get("SSEType", "KMS")}
-        if sse.get("KMSMasterKeyArn"):
-            schema["SSESpecification"]["KMSMasterKeyId"] = sse["KMSMasterKeyArn"]
-    if description.get("TableClassSummary", {}).get("TableClass"):
-        schema["TableClass"] = description["TableClassSummary"]["TableClass"]
-    if "DeletionProtectionEnabled" in description:
-        schema["DeletionProtectionEnabled"] = description["DeletionProtectionEnabled"]
-    schema["TimeToLive"] = _time_to_live(time_to_live)
-    schema["Tags"] = tags
-    schema["ItemCountEstimate"] = int(description.get("ItemCount", 0))
-    schema["SizeBytesEstimate"] = int(description.get("TableSizeBytes", 0))
-    return schema
-
-
-def _time_to_live(description: dict[str, Any] | None) -> dict[str, Any] | None:
-    if description is None:
-        return None
-    status = description.get("TimeToLiveStatus", "DISABLED")
-    return {
-        "Enabled": status in ("ENABLED", "ENABLING"),
-        "AttributeName": description.get("AttributeName"),
-    }
-
-
-def key_attributes(description: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """[(name, type)] of the table's keys, hash key first."""
-    types = {d["AttributeName"]: d["AttributeType"] for d in description["AttributeDefinitions"]}
-    ordered = sorted(description["KeySchema"], key=lambda k: k["KeyType"] != "HASH")
-    return tuple((k["AttributeName"], types[k["AttributeName"]]) for k in ordered)

@@ -23,10 +23,10 @@ from .config import DEFAULT_ON_DEMAND_WCU, ImportOptions
 from .dynamo import DynamoClient, RetryPolicy
 from .errors import ConfigError, TableNotFoundError
 from .import_state import DeadLetterFile, ImportCheckpoint
-from .manifest import key_attributes
 from .progress import JobProgress
 from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
 from .records import WriteRecord
+from .schema import KeyAttributes, key_attributes
 from .sources import ImportSource, SourceFile, open_source, read_records
 from .storage import ObjectStore, open_store
 from .tables import (
@@ -215,7 +215,7 @@ class _ImportRun:
     store: ObjectStore
     checkpoint: ImportCheckpoint
     progress: JobProgress
-    table_keys: tuple[tuple[str, str], ...]
+    table_keys: KeyAttributes
     files: dict[str, _FileProgress] = field(default_factory=dict)
     items_read: int = 0
     items_written: int = 0

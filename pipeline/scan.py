@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codec import decode_scan_page
+from .config import Compression, Format
 from .dynamo import DynamoClient
 from .manifest import SegmentCheckpoint, ShardEntry, encode_checkpoint, segment_state_key
 from .progress import JobProgress
 from .ratelimit import TokenBucket
+from .schema import KeyAttributes
 from .shards import ShardWriter, shard_key
 from .storage import ObjectStore
 
@@ -27,9 +29,9 @@ class SegmentTask:
     table: str
     segment: int
     total_segments: int
-    format: str
-    compression: str
-    key_attributes: tuple[tuple[str, str], ...]
+    format: Format
+    compression: Compression
+    key_attributes: KeyAttributes
     consistent_read: bool
     shard_bytes: int
     page_size: int | None = None

@@ -1,9 +1,10 @@
 """The import's target table: check its key schema, or create it from a saved schema.
 
-An existing table is never deleted, emptied or altered (apart from adding the saved indexes
-and TTL to a table this import created). Creating a table follows what loads fastest: keys,
-LSIs, billing and streams at CreateTable (LSIs cannot be added later); GSIs after the data,
-one UpdateTable at a time (DynamoDB allows one index change per call), each waited for.
+The requests are built by ``schema.py``; here they are sent and waited for. An existing table
+is never deleted, emptied or altered (apart from adding the saved indexes and TTL to a table
+this import created). Creating a table follows what loads fastest: keys, LSIs, billing and
+streams at CreateTable (LSIs cannot be added later); GSIs after the data, one UpdateTable at
+a time (DynamoDB allows one index change per call), each waited for.
 """
 
 from __future__ import annotations
@@ -14,23 +15,18 @@ from typing import Any
 
 from .dynamo import DynamoClient
 from .errors import ConfigError, SchemaMismatchError, TableNotFoundError
+from .schema import (
+    KeyAttributes,
+    create_table_request,
+    describe_keys,
+    index_create_request,
+    time_to_live_request,
+)
 
 log = logging.getLogger(__name__)
 
-KeyAttributes = tuple[tuple[str, str], ...]
 #: Seconds between DescribeTable polls while waiting for a table or index to be ACTIVE.
 POLL_SECONDS = 2.0
-#: CreateTable fields our manifest carries that go to the CreateTable call itself.
-CREATE_FIELDS = (
-    "KeySchema", "BillingMode", "ProvisionedThroughput", "OnDemandThroughput",
-    "LocalSecondaryIndexes", "StreamSpecification", "SSESpecification", "TableClass",
-)
-
-
-def describe_keys(keys: KeyAttributes) -> str:
-    roles = ("HASH", "RANGE")
-    pairs = zip(keys, roles, strict=False)
-    return ", ".join(f"{name} ({kind}) {role}" for (name, kind), role in pairs)
 
 
 def check_key_schema(
@@ -53,22 +49,6 @@ async def find_table(client: DynamoClient, table: str) -> dict[str, Any] | None:
         return None
 
 
-def create_table_request(table: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """CreateTable input from a saved schema: everything but GSIs, TTL and tags-later fields."""
-    request: dict[str, Any] = {"TableName": table}
-    request.update({name: schema[name] for name in CREATE_FIELDS if schema.get(name)})
-    if schema.get("Tags"):
-        request["Tags"] = schema["Tags"]
-    # DynamoDB refuses attribute definitions that no key of this call uses (the GSIs' come later).
-    used = {k["AttributeName"] for k in schema["KeySchema"]}
-    for index in schema.get("LocalSecondaryIndexes") or []:
-        used |= {k["AttributeName"] for k in index["KeySchema"]}
-    request["AttributeDefinitions"] = [
-        d for d in schema["AttributeDefinitions"] if d["AttributeName"] in used
-    ]
-    return request
-
-
 async def create_table(client: DynamoClient, table: str, schema: dict[str, Any]) -> dict[str, Any]:
     """Create ``table`` (without GSIs) and wait until it is ACTIVE; returns its description."""
     if not schema.get("KeySchema"):
@@ -76,14 +56,9 @@ async def create_table(client: DynamoClient, table: str, schema: dict[str, Any])
                           "import without --create-table")
     await client.call("CreateTable", create_table_request(table, schema), resource=table)
     description = await wait_until_active(client, table)
-    time_to_live = schema.get("TimeToLive")
-    if time_to_live and time_to_live.get("Enabled") and time_to_live.get("AttributeName"):
-        await client.call(
-            "UpdateTimeToLive",
-            {"TableName": table, "TimeToLiveSpecification": {
-                "Enabled": True, "AttributeName": time_to_live["AttributeName"]}},
-            resource=table,
-        )
+    time_to_live = time_to_live_request(table, schema)
+    if time_to_live is not None:
+        await client.call("UpdateTimeToLive", time_to_live, resource=table)
     return description
 
 
@@ -96,7 +71,6 @@ async def add_global_indexes(
     Returns the names added; indexes already there (e.g. added before an import was killed
     and resumed) are left alone.
     """
-    definitions = {d["AttributeName"]: d for d in schema["AttributeDefinitions"]}
     current = await client.describe_table(table)
     present = {i["IndexName"] for i in current.get("GlobalSecondaryIndexes") or []}
     added = []
@@ -105,17 +79,8 @@ async def add_global_indexes(
             continue
         if on_index is not None:
             on_index(index["IndexName"])
-        create = {k: v for k, v in index.items() if k != "OnDemandThroughput" or v}
-        names = {k["AttributeName"] for k in index["KeySchema"]}
-        await client.call(
-            "UpdateTable",
-            {
-                "TableName": table,
-                "AttributeDefinitions": [definitions[name] for name in sorted(names)],
-                "GlobalSecondaryIndexUpdates": [{"Create": create}],
-            },
-            resource=table,
-        )
+        await client.call("UpdateTable", index_create_request(table, schema, index),
+                          resource=table)
         await wait_until_active(client, table)
         added.append(index["IndexName"])
     return added

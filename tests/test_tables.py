@@ -11,51 +11,20 @@ import pytest
 from ddbpipe.config import AwsOptions
 from ddbpipe.dynamo import DynamoClient
 from ddbpipe.errors import SchemaMismatchError
-from ddbpipe.manifest import key_attributes, table_schema
 from ddbpipe.retry import ManualClock
+from ddbpipe.schema import key_attributes
 from ddbpipe.tables import (
     add_global_indexes,
     check_key_schema,
     create_table,
-    create_table_request,
     provisioned_write_capacity,
 )
-
-SOURCE_DESCRIPTION: dict[str, Any] = {
-    "TableName": "orders",
-    "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
-                  {"AttributeName": "sk", "KeyType": "RANGE"}],
-    "AttributeDefinitions": [{"AttributeName": n, "AttributeType": "S"}
-                             for n in ("pk", "sk", "email", "lsi")],
-    "BillingModeSummary": {"BillingMode": "PROVISIONED"},
-    "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 6},
-    "GlobalSecondaryIndexes": [{
-        "IndexName": "by-email", "KeySchema": [{"AttributeName": "email", "KeyType": "HASH"}],
-        "Projection": {"ProjectionType": "KEYS_ONLY"}, "IndexStatus": "ACTIVE",
-        "ProvisionedThroughput": {"ReadCapacityUnits": 2, "WriteCapacityUnits": 3},
-    }],
-    "LocalSecondaryIndexes": [{
-        "IndexName": "by-lsi", "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
-                                             {"AttributeName": "lsi", "KeyType": "RANGE"}],
-        "Projection": {"ProjectionType": "ALL"},
-    }],
-}
-SCHEMA = table_schema(SOURCE_DESCRIPTION, {"TimeToLiveStatus": "ENABLED",
-                                           "AttributeName": "expires"}, None)
+from tests.test_schema import SCHEMA, SOURCE_DESCRIPTION
 
 
 def polling_quickly(endpoint: str) -> DynamoClient:
     """A client whose waits for ACTIVE poll at once (on a manual clock)."""
     return DynamoClient.open(AwsOptions(endpoint_url=endpoint), clock=ManualClock())
-
-
-def test_create_request_leaves_gsis_and_their_attributes_for_later() -> None:
-    request = create_table_request("copy", SCHEMA)
-    assert request["TableName"] == "copy"
-    assert "GlobalSecondaryIndexes" not in request
-    assert {d["AttributeName"] for d in request["AttributeDefinitions"]} == {"pk", "sk", "lsi"}
-    assert request["LocalSecondaryIndexes"][0]["IndexName"] == "by-lsi"
-    assert request["ProvisionedThroughput"] == {"ReadCapacityUnits": 5, "WriteCapacityUnits": 6}
 
 
 def test_key_schema_mismatch_names_both_sides() -> None:
