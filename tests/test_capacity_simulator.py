@@ -1,5 +1,5 @@
-"""The capacity simulator: bucket logic on a fake clock, then a real boto3 client talking to it
-in front of a real DynamoDB Local."""
+"""The capacity simulator: a real boto3 client talking to it, in front of a real DynamoDB
+Local (the capacity model itself is tested in test_capacity_model.py)."""
 
 from __future__ import annotations
 
@@ -13,25 +13,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from ddbpipe import codec
-from tools.capacity_simulator import (
-    PARTITION_WCU_CAP,
-    CapacitySimulator,
-    SimulatedTable,
-    TableCapacity,
-    TokenBucket,
-    partition_of,
-)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.test_capacity_model import key_in_other_partition
+from tools.capacity_simulator import CapacitySimulator
 
 
 def padded_item(key: str, pad_bytes: int = 2000, sort_key: str | None = None) -> dict[str, Any]:
@@ -39,105 +22,6 @@ def padded_item(key: str, pad_bytes: int = 2000, sort_key: str | None = None) ->
     if sort_key is not None:
         item["sk"] = {"S": sort_key}
     return item
-
-
-def key_in_other_partition(hot: str, partitions: int) -> str:
-    hot_partition = partition_of({"S": hot}, partitions)
-    return next(
-        key
-        for key in (f"cold-{index}" for index in range(1000))
-        if partition_of({"S": key}, partitions) != hot_partition
-    )
-
-
-# --- bucket logic, injected clock --------------------------------------------------------------
-
-
-def test_bucket_refills_at_its_rate_and_saves_nothing_without_burst() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate=100, burst_seconds=0, now=clock)
-    assert bucket.try_take(100)
-    assert not bucket.try_take(1)
-    clock.advance(0.5)
-    assert bucket.try_take(50)
-    assert not bucket.try_take(1)
-    clock.advance(60)  # idle time is not saved up without burst credit
-    assert bucket.tokens == pytest.approx(100)
-
-
-def test_burst_credit_lets_a_larger_batch_through_after_idle_time() -> None:
-    clock = FakeClock()
-    table = TableCapacity(SimulatedTable(wcu=100, burst_seconds=300), now=clock)
-    clock.advance(10)  # 10 s idle: 1 s allowance + 10 s of saved credit
-    accepted = table.admit_writes([(0, 1)] * 1200)
-    assert accepted.count(True) == 1100
-
-    clock.advance(10_000)  # saved credit stops at burst_seconds
-    assert table.admit_writes([(0, 1)] * 40_000).count(True) == 100 * 301
-
-    without_burst = TableCapacity(SimulatedTable(wcu=100), now=clock)
-    clock.advance(10)
-    assert without_burst.admit_writes([(0, 1)] * 1200).count(True) == 100
-
-
-def test_hot_partition_key_gets_only_its_partitions_share() -> None:
-    clock = FakeClock()
-    table = TableCapacity(SimulatedTable(wcu=400, partitions=4), now=clock)
-    hot = table.partition_of({"S": "hot"})
-    cold = table.partition_of({"S": key_in_other_partition("hot", 4)})
-    accepted_hot = 0
-    for _ in range(10):  # 10 s, offering the hot key far more than its share every 0.1 s
-        for _ in range(10):
-            accepted_hot += table.admit_writes([(hot, 1)] * 50).count(True)
-            clock.advance(0.1)
-        assert table.admit_writes([(cold, 1)] * 50).count(True) == 50
-    # One second's allowance at the start, then 100 WCU/s: a quarter of the table's 400.
-    assert accepted_hot == pytest.approx(100 + 100 * 9.9, abs=1)
-
-
-def test_a_partition_never_exceeds_1000_wcu_even_on_a_huge_table() -> None:
-    clock = FakeClock()
-    config = SimulatedTable(wcu=40_000, partitions=4)
-    assert config.partition_wcu == PARTITION_WCU_CAP
-    table = TableCapacity(config, now=clock)
-    clock.advance(5)
-    assert table.admit_writes([(0, 1)] * 5000).count(True) == 1000
-
-
-def test_an_item_larger_than_the_bucket_passes_when_full_and_leaves_debt() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate=10, now=clock)
-    assert bucket.try_take(400)  # a 400 KB item on a 10 WCU table
-    assert bucket.tokens == pytest.approx(-390)
-    clock.advance(30)
-    assert not bucket.try_take(1)
-    clock.advance(10)
-    assert bucket.try_take(1)
-
-
-def test_partition_of_is_stable_and_spreads_keys() -> None:
-    assert partition_of({"S": "a"}, 8) == partition_of({"S": "a"}, 8)
-    assert partition_of({"S": "1"}, 1000) != partition_of({"N": "1"}, 1000)
-    used = {partition_of({"S": f"key-{index}"}, 4) for index in range(100)}
-    assert used == {0, 1, 2, 3}
-
-
-def test_stats_time_series_counts_accepted_wcu_per_second() -> None:
-    clock = FakeClock()
-    table = TableCapacity(SimulatedTable(wcu=10), now=clock)
-    table.record_writes([(0, 3), (0, 2)], 1, call_refused=False)
-    clock.advance(1.5)
-    table.record_writes([(0, 4)], 0, call_refused=False)
-    table.record_writes([], 2, call_refused=True)
-    stats = table.stats()
-    assert stats.wcu_per_second == ((0, 5), (1, 4))
-    assert (stats.items_accepted, stats.items_throttled, stats.items_sent) == (3, 3, 6)
-    assert (stats.calls_with_unprocessed, stats.throttled_requests) == (1, 1)
-    table.reset_stats()
-    assert table.stats().items_sent == 0
-
-
-# --- through the simulator, DynamoDB Local behind it --------------------------------------------
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""TableWriter against the real DynamoDB Local (content, bad items, rate) and against a small
-in-process server that throttles (no item lost, the controller reacts)."""
+"""TableWriter against the real DynamoDB Local (content, bad items), on a manual clock against
+the capacity model (the rate it holds, in simulated seconds), and against a small server
+that throttles (no item lost, the controller reacts)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,31 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import botocore.credentials
 import pytest
 from aiohttp import web
 
 from ddbpipe.config import AwsOptions
-from ddbpipe.dynamo import DynamoClient
+from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport
 from ddbpipe.errors import TableNotFoundError
 from ddbpipe.progress import JobProgress
 from ddbpipe.ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
 from ddbpipe.records import WriteRecord, new_record
-from ddbpipe.retry import RetryPolicy, SystemClock
+from ddbpipe.retry import ManualClock, RetryPolicy
 from ddbpipe.writer import TableWriter
 from tests.endpoints import serving as serve_post
+from tools.capacity_model import (
+    KeySchema,
+    SimulatedTable,
+    TableCapacity,
+    batch_request_items,
+    plan_batch_write,
+    throttle_error,
+)
 
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 
@@ -157,36 +167,79 @@ def test_items_dynamodb_rejects_are_dead_lettered_and_the_rest_written(
     assert set(scan_all(dynamodb_client, table)) == {(r.item["pk"]["S"],) for r in good}
 
 
-def test_the_write_rate_holds_at_the_target(
-    dynamodb_local: Any, make_table: Callable[..., str]
-) -> None:
-    table = make_table()
-    target = 400.0
+def answered_by_capacity_model(capacity: TableCapacity, schema: KeySchema) -> MockTransport:
+    """BatchWriteItem answered in process from the capacity model, on the model's clock.
+
+    Accepted writes count as stored; the reply has DynamoDB's shape (UnprocessedItems and
+    ConsumedCapacity, or the throttling exception when nothing was accepted).
+    """
+
+    def answer(url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        assert headers["X-Amz-Target"].endswith(".BatchWriteItem")
+        request_items = batch_request_items(json.loads(body))
+        assert request_items is not None, body
+        tables = list(request_items)
+        plan = plan_batch_write(
+            request_items, dict.fromkeys(tables, schema), dict.fromkeys(tables, capacity)
+        )
+        assert plan is not None, body
+        admission = plan.admit()
+        admission.record(call_refused=admission.nothing_accepted)
+        if admission.nothing_accepted:
+            return dynamo_reply(400, throttle_error())
+        return dynamo_reply(200, admission.reply({}, with_capacity=True))
+
+    return MockTransport(answer)
+
+
+def dynamo_reply(status: int, document: dict[str, Any]) -> HttpReply:
+    headers = {"Content-Type": "application/x-amz-json-1.0"}
+    return HttpReply(status, headers, json.dumps(document).encode())
+
+
+def test_the_write_rate_holds_at_the_target() -> None:
+    # Simulated time: the writer's bucket, controller and client and the table share one
+    # manual clock, so the rate is measured in simulated seconds, whatever the machine's load.
+    clock = ManualClock()
+    target, batch_wcu = 400.0, 25
+    ample = TableCapacity(SimulatedTable(wcu=100_000, partitions=100), clock=clock)
     # Items of just under 1 KB: one WCU each.
     records = [put({"pk": {"S": f"k-{n:05d}"}, "pad": {"S": "x" * 1000}}) for n in range(2600)]
     assert all(r.size <= 1024 for r in records)
     outcomes = Outcomes()
-    samples: list[tuple[float, float]] = []
 
-    async def scenario() -> None:
-        async with writes_only_once(dynamodb_local.endpoint) as client:
-            writer, _ = make_writer(client, table, outcomes, rate=target, concurrency=8)
-            task = asyncio.create_task(writer.write(stream(records)))
-            clock = SystemClock()
-            started = clock.monotonic()
-            while not task.done() and clock.monotonic() - started < 4.6:
-                samples.append((clock.monotonic() - started, writer.consumed_wcu))
-                await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    async def scenario() -> TableWriter:
+        client = DynamoClient(
+            region="us-east-1",
+            endpoint="https://dynamodb.us-east-1.amazonaws.com",
+            credentials=botocore.credentials.Credentials("test-key", "test-secret"),
+            retry=RetryPolicy(max_attempts=1),
+            transport=answered_by_capacity_model(ample, KeySchema("pk")),
+            clock=clock,
+        )
+        bucket = TokenBucket(target, clock=clock)
+        writer = TableWriter(
+            client, "t", ("pk",), bucket=bucket,
+            controller=AdaptiveRate(target, bucket=bucket, clock=clock), concurrency=8,
+            on_written=outcomes.on_written, on_dead_letter=outcomes.on_dead_letter, clock=clock,
+        )
+        await writer.write(stream(records))
+        return writer
 
-    asyncio.run(scenario())
-    # The first second spends the bucket's initial burst; measure the next three.
-    start = next(s for s in samples if s[0] >= 1.0)
-    end = next(s for s in samples if s[0] >= 4.0)
-    achieved = (end[1] - start[1]) / (end[0] - start[0])
-    assert achieved == pytest.approx(target, rel=0.05)
+    writer = asyncio.run(scenario())
+    stats = ample.stats()
+    assert writer.written == len(outcomes.written) == stats.items_accepted == 2600
+    assert (writer.dead_lettered, writer.throttled_requests, writer.unprocessed_items) == (0, 0, 0)
+    assert stats.items_throttled == 0
+    per_second = dict(stats.wcu_per_second)
+    # Second 0 spends the bucket's initial second of burst; seconds 1 to 4 are steady (the
+    # run goes on into second 5). A second's count is in whole batches, so each steady second,
+    # and the window as a whole, is within one batch of the target.
+    window = range(1, 5)
+    assert max(per_second) > window[-1], per_second
+    assert all(abs(per_second.get(s, 0.0) - target) <= batch_wcu for s in window), per_second
+    achieved = sum(per_second.get(s, 0.0) for s in window)
+    assert abs(achieved - target * len(window)) <= batch_wcu, per_second
 
 
 # --- against a server that throttles --------------------------------------------------------
