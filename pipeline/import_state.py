@@ -4,12 +4,12 @@ The source may be a write-once archive and the target is a table, so an import k
 state in a local file (``--checkpoint``): which source files are fully written. A killed import
 continues with ``--resume``: done files are skipped, files in progress are written again from
 their start (puts and deletes are idempotent, so nothing is duplicated), nothing is skipped.
+The checkpoint, and a dead-letter file trimmed on resume, are replaced whole through
+``storage.local.write_file_atomically``: a crash leaves the old file or the new one.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from .errors import ResumeError, StorageError
+from .storage.local import write_file_atomically
 
 CHECKPOINT_VERSION = 1
 
@@ -92,24 +93,10 @@ class ImportCheckpoint:
             "items_written": self.items_written,
             "items_dead_lettered": self.items_dead_lettered,
         }
-        write_atomically(self.path, msgspec.json.encode(document))
+        write_file_atomically(self.path, msgspec.json.encode(document))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so a kill leaves the old or the new file, never half."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except OSError as error:
-        raise StorageError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 class DeadLetterFile:
@@ -142,7 +129,7 @@ class DeadLetterFile:
             ) from None
         kept = [line for line in lines if _line_source(line) in sources]
         if len(kept) < len(lines):
-            write_atomically(self.path, b"".join(kept))
+            write_file_atomically(self.path, b"".join(kept))
         return len(lines) - len(kept)
 
     def add(self, *, reason: str, source: str, kind: str, item: dict[str, Any]) -> None:
