@@ -31,6 +31,7 @@ from ddbpipe.export import run_export
 from ddbpipe.progress import JobProgress
 from ddbpipe.restore import run_import
 from ddbpipe.verify import run_verify
+from ddbpipe.version import VERSION
 
 app = typer.Typer(
     name="ddbpipe",
@@ -47,6 +48,7 @@ app = typer.Typer(
 # soft_wrap: a message stays one line however narrow the terminal (scripts grep for it).
 stderr = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 Region = Annotated[str | None, typer.Option(help="AWS region (default: AWS_REGION or profile).")]
 Profile = Annotated[str | None, typer.Option(help="Named AWS profile (default: AWS_PROFILE).")]
@@ -60,6 +62,23 @@ S3EndpointUrl = Annotated[
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print one JSON summary object on stdout at the end.")
 ]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(f"ddbpipe {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _everywhere(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True,
+                     help="Print the installed version of ddbpipe and exit."),
+    ] = False,
+) -> None:
+    """Options of ddbpipe itself, before the command."""
 
 
 @app.command()
@@ -334,7 +353,7 @@ class _JobDisplay:
             self.last_line = time.monotonic()
             eta = p.eta_seconds
             tail = f"  eta {eta:,.0f} s" if eta is not None else ""
-            logging.getLogger("ddbpipe").info("%s%s", self.detail(), tail)
+            log.info("%s%s", self.detail(), tail)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -388,7 +407,7 @@ def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
-    logging.getLogger("ddbpipe").setLevel(logging.INFO)
+    logging.getLogger("ddbpipe").setLevel(logging.INFO)  # the package and all its modules
     app()
 
 

@@ -11,6 +11,11 @@ The public API is what ``__all__`` lists; everything else is internal and may ch
     ...                               create_table=True, target_wcu=2000)
     >>> result.items_read == result.items_written + result.items_dead_lettered
     True
+
+Each job takes its settings as keyword arguments or as one options object
+(``ExportOptions``, ``ImportOptions``; ``AwsOptions`` for where and as whom to call AWS).
+The ``*_async`` functions are the same jobs as coroutines, for callers that already run an
+event loop; they take the options objects.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ from .restore import ImportSummary
 from .restore import run_import as _run_import
 from .verify import VerifyReport
 from .verify import run_verify as _run_verify
+from .version import VERSION as _VERSION
+
+#: The installed version (the package metadata).
+__version__ = _VERSION
 
 __all__ = [
     "AccessDeniedError",
@@ -73,14 +82,44 @@ __all__ = [
     "TransientError",
     "VerifyReport",
     "export_table",
+    "export_table_async",
     "import_table",
+    "import_table_async",
     "verify_export",
+    "verify_export_async",
 ]
 
 
+# --- async: the jobs as coroutines -------------------------------------------------------------
+
+
+async def export_table_async(
+    options: ExportOptions, *, progress: JobProgress | None = None
+) -> ExportSummary:
+    """``export_table`` as a coroutine, for a caller inside a running event loop."""
+    return await _run_export(options, progress)
+
+
+async def import_table_async(
+    options: ImportOptions, *, progress: JobProgress | None = None
+) -> ImportSummary:
+    """``import_table`` as a coroutine, for a caller inside a running event loop."""
+    return await _run_import(options, progress)
+
+
+async def verify_export_async(
+    source: str, *, read_data: bool = False, aws: AwsOptions | None = None
+) -> VerifyReport:
+    """``verify_export`` as a coroutine, for a caller inside a running event loop."""
+    return await _run_verify(source, read_data=read_data, aws=aws)
+
+
+# --- sync: each job to its end ------------------------------------------------------------------
+
+
 def export_table(
-    table: str,
-    destination: str,
+    table: str | ExportOptions,
+    destination: str | None = None,
     *,
     segments: int | None = None,
     format: _Format | None = None,
@@ -94,34 +133,36 @@ def export_table(
     profile: str | None = None,
     endpoint_url: str | None = None,
     s3_endpoint_url: str | None = None,
+    aws: AwsOptions | None = None,
     progress: JobProgress | None = None,
 ) -> ExportSummary:
     """Export ``table`` to ``destination`` (a local directory or ``s3://bucket/prefix``).
 
-    Blocks until the export is committed (its manifests written) and returns its summary.
-    Raises a ``TerminalError`` subclass with a one-line reason when it cannot finish; an
-    interrupted export continues with ``resume=True``. Pass a ``JobProgress`` to watch the
-    counters from another thread. Inside a running event loop, use ``ddbpipe.export.run_export``.
+    Give the settings as keyword arguments, or one ``ExportOptions`` instead of ``table``
+    (then nothing else but ``progress``). Blocks until the export is committed (its manifests
+    written) and returns its summary. Raises a ``TerminalError`` subclass with a one-line
+    reason when it cannot finish; an interrupted export continues with ``resume=True``. Pass
+    a ``JobProgress`` to watch the counters from another thread. Inside a running event loop,
+    use ``export_table_async``.
     """
-    options = ExportOptions(
-        table=table,
-        destination=destination,
-        segments=segments,
-        format=format,
-        compression=compression,
-        max_rcu=max_rcu,
-        consistent_read=consistent_read,
-        resume=resume,
-        shard_bytes=shard_bytes,
-        page_size=page_size,
-        aws=AwsOptions(
-            region=region,
-            profile=profile,
-            endpoint_url=endpoint_url,
-            s3_endpoint_url=s3_endpoint_url,
-        ),
-    )
-    return _asyncio.run(_run_export(options, progress))
+    if isinstance(table, ExportOptions):
+        _only_the_options("ExportOptions", locals(), "table")
+        options = table
+    else:
+        options = ExportOptions(
+            table=table,
+            destination=_required(destination, "destination"),
+            segments=segments,
+            format=format,
+            compression=compression,
+            max_rcu=max_rcu,
+            consistent_read=consistent_read,
+            resume=resume,
+            shard_bytes=shard_bytes,
+            page_size=page_size,
+            aws=_aws_options(aws, region, profile, endpoint_url, s3_endpoint_url),
+        )
+    return _asyncio.run(export_table_async(options, progress=progress))
 
 
 def verify_export(
@@ -131,19 +172,20 @@ def verify_export(
     region: str | None = None,
     profile: str | None = None,
     s3_endpoint_url: str | None = None,
+    aws: AwsOptions | None = None,
 ) -> VerifyReport:
     """Check the export at ``source``; ``report.ok`` is True only when all holds.
 
     Without ``read_data`` only manifests and object listings are read; with it every shard is
     downloaded, checksummed, decoded and its items recounted.
     """
-    aws = AwsOptions(region=region, profile=profile, s3_endpoint_url=s3_endpoint_url)
-    return _asyncio.run(_run_verify(source, read_data=read_data, aws=aws))
+    options = _aws_options(aws, region, profile, None, s3_endpoint_url)
+    return _asyncio.run(verify_export_async(source, read_data=read_data, aws=options))
 
 
 def import_table(
-    source: str,
-    table: str,
+    source: str | ImportOptions,
+    table: str | None = None,
     *,
     target_wcu: float | None = None,
     create_table: bool = False,
@@ -155,31 +197,68 @@ def import_table(
     profile: str | None = None,
     endpoint_url: str | None = None,
     s3_endpoint_url: str | None = None,
+    aws: AwsOptions | None = None,
     progress: JobProgress | None = None,
 ) -> ImportSummary:
     """Write the items of ``source`` into ``table`` at ``target_wcu`` write units per second.
 
     ``source`` is a ddbpipe export, an AWS-native export (full or incremental), or a folder
-    of NDJSON files, local or ``s3://``. Items that cannot be written after the retry deadline
-    go to the ``dead_letter`` file and are counted in the summary; nothing is dropped
-    silently. Raises a ``TerminalError`` subclass, before writing anything, for a bad source, a
-    missing table (without ``create_table``) or a key-schema mismatch. A killed import continues
-    with ``resume=True``.
+    of NDJSON files, local or ``s3://``; or one ``ImportOptions`` holding every setting (then
+    nothing else but ``progress``). Items that cannot be written after the retry deadline go
+    to the ``dead_letter`` file and are counted in the summary; nothing is dropped silently.
+    Raises a ``TerminalError`` subclass, before writing anything, for a bad source, a missing
+    table (without ``create_table``) or a key-schema mismatch. A killed import continues with
+    ``resume=True``. Inside a running event loop, use ``import_table_async``.
     """
-    options = ImportOptions(
-        source=source,
-        table=table,
-        target_wcu=target_wcu,
-        create_table=create_table,
-        without_indexes=without_indexes,
-        resume=resume,
-        dead_letter=dead_letter,
-        checkpoint=checkpoint,
-        aws=AwsOptions(
-            region=region,
-            profile=profile,
-            endpoint_url=endpoint_url,
-            s3_endpoint_url=s3_endpoint_url,
-        ),
+    if isinstance(source, ImportOptions):
+        _only_the_options("ImportOptions", locals(), "source")
+        options = source
+    else:
+        options = ImportOptions(
+            source=source,
+            table=_required(table, "table"),
+            target_wcu=target_wcu,
+            create_table=create_table,
+            without_indexes=without_indexes,
+            resume=resume,
+            dead_letter=dead_letter,
+            checkpoint=checkpoint,
+            aws=_aws_options(aws, region, profile, endpoint_url, s3_endpoint_url),
+        )
+    return _asyncio.run(import_table_async(options, progress=progress))
+
+
+def _aws_options(
+    aws: AwsOptions | None,
+    region: str | None,
+    profile: str | None,
+    endpoint_url: str | None,
+    s3_endpoint_url: str | None,
+) -> AwsOptions:
+    """``aws`` as given, or one made of the separate settings (not both)."""
+    separate = region or profile or endpoint_url or s3_endpoint_url
+    if aws is not None:
+        if separate:
+            raise ConfigError("give AWS settings either as aws=AwsOptions(...) or one by one, "
+                              "not both")
+        return aws
+    return AwsOptions(
+        region=region, profile=profile, endpoint_url=endpoint_url, s3_endpoint_url=s3_endpoint_url
     )
-    return _asyncio.run(_run_import(options, progress))
+
+
+def _only_the_options(kind: str, arguments: dict[str, object], options_name: str) -> None:
+    """An options object holds every setting: any other one given beside it is a mistake."""
+    extra = sorted(
+        name for name, value in arguments.items()
+        if name not in (options_name, "progress") and value is not None and value is not False
+    )
+    if extra:
+        raise ConfigError(f"{', '.join(extra)} given beside an {kind}: set them in the "
+                          f"{kind} instead")
+
+
+def _required(value: str | None, name: str) -> str:
+    if value is None:
+        raise ConfigError(f"{name} is missing: give it, or pass one options object")
+    return value

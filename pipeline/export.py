@@ -39,6 +39,7 @@ from .ratelimit import TokenBucket
 from .scan import SegmentTask, run_segment
 from .schema import key_attributes, table_schema
 from .storage import ObjectStore, open_store
+from .version import VERSION
 
 log = logging.getLogger("ddbpipe.export")
 
@@ -73,15 +74,6 @@ def plan_segments(table_size_bytes: int, cores: int | None = None) -> int:
     """One segment per ~2 GB, at least one per core, at most MAX_AUTO_SEGMENTS."""
     by_size = math.ceil(table_size_bytes / BYTES_PER_SEGMENT)
     return max(1, min(MAX_AUTO_SEGMENTS, max(by_size, cores or os.cpu_count() or 1)))
-
-
-def tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ddbpipe")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def utc_now() -> str:
@@ -300,7 +292,7 @@ async def _commit(
     await _delete_unlisted_shards(store, {shard.key for shard in shards})
     manifest = ExportManifest(
         plan=plan,
-        tool_version=tool_version(),
+        tool_version=VERSION,
         end_time=utc_now(),
         consumed_rcu=sum(checkpoint.consumed_rcu for checkpoint in finals),
         shards=shards,

@@ -135,6 +135,14 @@ def test_help_teaches_the_options() -> None:
         assert option in result.stdout
 
 
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"ddbpipe {version('ddbpipe')}\n"
+
+
 KILLABLE_EXPORT = """
 import sys, ddbpipe
 ddbpipe.export_table(sys.argv[1], sys.argv[2], segments=4, shard_bytes=4096,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -290,15 +289,3 @@ def test_segment_plan_follows_table_size() -> None:
     assert plan_segments(0, cores=2) == 2
     assert plan_segments(100 * 1024**3, cores=2) == 50
     assert plan_segments(10**18, cores=2) == 10_000
-
-
-def test_public_api_is_what_all_lists() -> None:
-    exported = set(ddbpipe.__all__)
-    assert {"export_table", "verify_export", "ExportSummary", "VerifyReport"} <= exported
-    for name in exported:
-        assert getattr(ddbpipe, name) is not None
-    public_names = {
-        name for name, value in vars(ddbpipe).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
-    }
-    assert public_names - {"annotations"} == exported
