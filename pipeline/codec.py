@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import CorruptDataError
+from .schema import KeyAttributes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -372,9 +373,7 @@ class _ChunkDecoder:
         return msgspec.json.Decoder(list[item_type])  # type: ignore[valid-type]
 
 
-def items_to_arrow(
-    items: Sequence[BytesLike], key_attributes: Sequence[tuple[str, str]]
-) -> pa.Table:
+def items_to_arrow(items: Sequence[BytesLike], key_attributes: KeyAttributes) -> pa.Table:
     """Arrow table of raw items: typed key columns, ``_item``, then typed scalar columns.
 
     A non-key attribute gets a typed column only if it has one scalar type (S, N, B or BOOL)

@@ -19,6 +19,7 @@ import msgspec
 from .config import COMPRESSIONS, FORMATS, Compression, Format
 from .errors import CorruptDataError, FormatVersionError
 from .schema import KeyAttributes
+from .storage import ObjectStore
 
 FORMAT_NAME = "ddbpipe-export"
 FORMAT_VERSION = 1
@@ -276,8 +277,56 @@ def decode_manifest(data: bytes, what: str = MANIFEST_KEY) -> ExportManifest:
     return manifest
 
 
-def md5_base64(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+async def read_finished_manifest(store: ObjectStore) -> ExportManifest | None:
+    """The manifest of the finished export in ``store``; None when it holds no ddbpipe export.
+
+    An unfinished export (its state, no manifest) is refused: it must not be read as whole.
+    A manifest of an unknown format version raises ``FormatVersionError``.
+    """
+    where = f"{store.url.rstrip('/')}/{MANIFEST_KEY}"
+    if await store.head(MANIFEST_KEY) is None:
+        if await store.head(STATE_KEY) is not None:
+            raise CorruptDataError(
+                f"{store.url} holds an unfinished ddbpipe export (no {MANIFEST_KEY}): finish it "
+                "with 'ddbpipe export --resume' first"
+            )
+        return None
+    return decode_manifest(await store.get_bytes(MANIFEST_KEY), where)
+
+
+def md5_base64(*chunks: bytes) -> str:
+    """The base64 MD5 of the bytes (given whole, or in chunks), as AWS's manifests record it."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for chunk in chunks:
+        digest.update(chunk)
+    return base64.b64encode(digest.digest()).decode("ascii")
+
+
+class AwsFileEntry(msgspec.Struct):
+    """One line of AWS's manifest-files.json: a data file, its item count and checksums."""
+
+    dataFileS3Key: str
+    itemCount: int
+    md5Checksum: str | None = None
+    etag: str | None = None
+
+
+_aws_file_entry = msgspec.json.Decoder(AwsFileEntry)
+
+
+def decode_aws_files(data: bytes, what: str) -> list[AwsFileEntry]:
+    """The entries of a manifest-files.json; a line that is not one is ``CorruptDataError``."""
+    entries = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(_aws_file_entry.decode(line))
+        except msgspec.DecodeError as error:  # ValidationError is a DecodeError
+            raise CorruptDataError(
+                f"{what}: line {number} is not a data file entry ({error})"
+            ) from None
+    return entries
 
 
 def aws_manifest_files(manifest: ExportManifest, root_key: Any) -> bytes:

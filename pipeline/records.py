@@ -7,6 +7,10 @@ JSON bytes it was read as and goes into the request body as they are, so a recor
 per-item encoding and holds no nested dicts for the garbage collector to walk. A record
 remembers which source file it came from, so the import knows when a file is fully written
 (its checkpoint) and where a dead-lettered item was read.
+
+``check_item`` is why DynamoDB would refuse a write (``WriteRecord.problem``), so the importer
+can dead-letter such records one by one instead of losing a whole BatchWriteItem call;
+``RecordMaker`` makes the records of one source file with all of that worked out.
 """
 
 from __future__ import annotations
@@ -18,14 +22,31 @@ from typing import Any, Literal
 
 import msgspec
 
-from .codec import item_size, write_units
+from .codec import decode_item, item_size, write_units
+from .errors import CorruptDataError
+from .schema import KeyAttributes
 
-__all__ = ["Key", "RecordKind", "WriteRecord", "item_key", "new_record"]
+__all__ = [
+    "MAX_ITEM_BYTES",
+    "MAX_KEY_BYTES",
+    "Key",
+    "RecordKind",
+    "RecordMaker",
+    "WriteRecord",
+    "check_item",
+    "item_key",
+    "new_record",
+]
 
 RecordKind = Literal["put", "delete"]
 
 #: A record's key: one hashable value per key attribute (partition key first).
 Key = tuple[Hashable, ...]
+
+#: DynamoDB's item size limit (400 KB, counted as ``codec.item_size`` does).
+MAX_ITEM_BYTES = 400 * 1024
+#: DynamoDB's limits on key values, in bytes: partition key, sort key.
+MAX_KEY_BYTES = (2048, 1024)
 
 _PUT_START = b'{"PutRequest":{"Item":'
 _DELETE_START = b'{"DeleteRequest":{"Key":'
@@ -116,3 +137,84 @@ def _normal_number(text: str) -> str:
         return str(Decimal(text).normalize())
     except InvalidOperation:
         return text
+
+
+class RecordMaker:
+    """Makes the records of one source file; what is the same for all of them is worked out
+    once. ``where`` is the file's full location, for errors."""
+
+    def __init__(self, source: str, where: str, table_keys: KeyAttributes) -> None:
+        self.source = source
+        self.where = where
+        self.table_keys = table_keys
+        self.key_names = tuple(name for name, _ in table_keys)
+
+    def __call__(self, kind: RecordKind, raw: bytes, number: int) -> WriteRecord:
+        """The record of item ``number`` of the file, from its DynamoDB JSON ``raw``."""
+        try:
+            item = decode_item(raw)
+        except CorruptDataError as exc:
+            raise CorruptDataError(f"{self.where}: item {number}: {exc}") from None
+        try:
+            size = item_size(item)
+        except CorruptDataError as exc:
+            raise CorruptDataError(
+                f"{self.where}: item {number}: malformed item ({exc})"
+            ) from None
+        return new_record(
+            kind, item, source=self.source, key_names=self.key_names, raw=raw, size=size,
+            problem=check_item(kind, item, size, self.table_keys),
+        )
+
+
+# --- why DynamoDB would refuse a write --------------------------------------------------------
+
+
+def check_item(
+    kind: RecordKind,
+    item: dict[str, Any],
+    size: int,
+    key_attributes: KeyAttributes | None,
+) -> str | None:
+    """Why DynamoDB would refuse this write of ``item`` (``size`` bytes), or None.
+
+    One refused request fails its whole BatchWriteItem call, so the importer dead-letters
+    records with a reason instead of sending them. Without key attributes only the size is
+    checked.
+    """
+    if size > MAX_ITEM_BYTES:
+        return f"item is {size:,} bytes, over DynamoDB's 400 KB limit"
+    if key_attributes is None:
+        return None
+    for position, (name, wanted) in enumerate(key_attributes):
+        reason = _key_problem(item.get(name), name, wanted, MAX_KEY_BYTES[position])
+        if reason is not None:
+            return reason
+    if kind == "delete":
+        key_names = {name for name, _ in key_attributes}
+        extra = sorted(set(item) - key_names)
+        if extra:
+            return f"delete key has attribute {extra[0]!r}, which is not a key attribute"
+    return None
+
+
+def _key_problem(value: Any, name: str, wanted: str, max_bytes: int) -> str | None:
+    if value is None:
+        return f"missing key attribute {name!r}"
+    if not isinstance(value, dict) or len(value) != 1:
+        return f"key attribute {name!r} is not a DynamoDB value"
+    ((actual, inner),) = value.items()
+    if actual != wanted:
+        return f"key attribute {name!r} is {actual}, table wants {wanted}"
+    if wanted == "N":
+        return None
+    # Cheap bound first (every record passes here): a character is at most 4 UTF-8 bytes,
+    # 4 base64 characters are 3 bytes.
+    if isinstance(inner, str) and inner and len(inner) * 4 <= max_bytes:
+        return None
+    size = item_size({"": value})  # the value's bytes (binary decoded from base64)
+    if size == 0:
+        return f"key attribute {name!r} is empty, which DynamoDB does not allow"
+    if size > max_bytes:
+        return f"key attribute {name!r} is {size:,} bytes, over DynamoDB's {max_bytes:,} limit"
+    return None

@@ -1,4 +1,4 @@
-"""Shard writers and readers, with per-shard stats and checksums.
+"""The shard format layer: writing shards, and reading any stored data file back to items.
 
 A shard is one stored data file under ``data/``: DynamoDB JSON lines (``{"Item":{...}}``, the
 line format of AWS's own exports) compressed with zstd or gzip or left plain, or a Parquet file
@@ -8,6 +8,12 @@ line format of AWS's own exports) compressed with zstd or gzip or left plain, or
 Checksums are over the stored bytes, computed while they are written: SHA-256 for our manifest,
 MD5 in base64 (AWS's manifest-files.json ``md5Checksum``) and hex (the S3 ETag of a single-part
 upload).
+
+Reading goes down one layer at a time, each in one place: stored chunks -> ``decompressed``
+(by the name's extension) -> ``lines`` (the one NDJSON line splitter) -> the item of each
+``{"Item"}`` line; or stored chunks -> the ``_item`` column of Parquet rows.
+``iter_shard_items`` strings them together. Errors are ``CorruptDataError`` naming the file
+as the caller named it (a key, or a full location).
 """
 
 from __future__ import annotations
@@ -31,13 +37,18 @@ import pyarrow.parquet as pq
 import zstandard
 
 from . import codec
-from .errors import ConfigError, CorruptDataError
+from .config import Compression, Format
+from .errors import CorruptDataError
+from .schema import KeyAttributes
 
 __all__ = [
     "Checksums",
     "FinishedShard",
+    "NDJSON_SUFFIXES",
     "ShardWriter",
+    "decompressed",
     "iter_shard_items",
+    "lines",
     "shard_key",
 ]
 
@@ -48,21 +59,16 @@ GZIP_LEVEL = 6
 PARQUET_ROW_GROUP_ROWS = 64 * 1024
 PARQUET_COMPRESSION = "zstd"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's switch for the gzip container
-_NDJSON_EXTENSIONS = {"zstd": ".json.zst", "gzip": ".json.gz", "none": ".json"}
-_FORMATS = ("ndjson", "parquet")
+_NDJSON_EXTENSIONS: dict[Compression, str] = {"zstd": ".json.zst", "gzip": ".json.gz",
+                                              "none": ".json"}
 
 
-def shard_key(segment: int, seq: int, format: str, compression: str) -> str:
+def shard_key(segment: int, seq: int, format: Format, compression: Compression) -> str:
     """Storage key of a shard, relative to the export's prefix: ``data/00003-000012.json.zst``."""
     return f"data/{segment:05d}-{seq:06d}{_extension(format, compression)}"
 
 
-def _extension(format: str, compression: str) -> str:
-    if format not in _FORMATS:
-        raise ConfigError(f"unknown format {format!r}: use one of {', '.join(_FORMATS)}")
-    if compression not in _NDJSON_EXTENSIONS:
-        choices = ", ".join(_NDJSON_EXTENSIONS)
-        raise ConfigError(f"unknown compression {compression!r}: use one of {choices}")
+def _extension(format: Format, compression: Compression) -> str:
     # Parquet compresses its columns with zstd inside the file, whatever ``compression`` says.
     return ".parquet" if format == "parquet" else _NDJSON_EXTENSIONS[compression]
 
@@ -160,15 +166,15 @@ class ShardWriter:
 
     def __init__(
         self,
-        format: str,
-        compression: str,
-        key_attributes: Sequence[tuple[str, str]],
+        format: Format,
+        compression: Compression,
+        key_attributes: KeyAttributes,
         spool_dir: str | None = None,
     ) -> None:
         suffix = _extension(format, compression)
         self.format = format
         self.compression = compression
-        self.key_attributes = list(key_attributes)
+        self.key_attributes = key_attributes
         self._item_count = 0
         self._raw_bytes = 0
         self._checksums = Checksums()
@@ -299,7 +305,7 @@ _parquet_conversions = threading.BoundedSemaphore(PARQUET_CONVERSIONS_AT_ONCE)
 
 
 def _compressor(
-    format: str, compression: str
+    format: Format, compression: Compression
 ) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
     """(compress chunk, flush at end) for an NDJSON shard's compression."""
     if format == "parquet" or compression == "none":
@@ -315,134 +321,165 @@ def _compressor(
 # --- reading --------------------------------------------------------------------------------
 
 
-class _Line(msgspec.Struct):
-    Item: msgspec.Raw
-
-
-_line_decoder = msgspec.json.Decoder(_Line)
-
-
-def iter_shard_items(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
-    """Each item's DynamoDB JSON (the object inside ``{"Item": ...}``) from a stored shard.
-
-    ``chunks`` are the stored bytes in order; the decoder is chosen from the key's extension:
-    ``.json.zst``, ``.json.gz`` (also AWS-native export files), ``.json`` or ``.parquet``.
-    NDJSON streams in bounded memory; Parquet needs the whole file (random access).
-    Anything undecodable raises ``CorruptDataError`` naming ``key``.
-    """
-    if key.endswith(".parquet"):
-        return _parquet_items(chunks, key)
-    if key.endswith(NDJSON_SUFFIXES):
-        return _ndjson_items(decompressed(chunks, key), key)
-    raise CorruptDataError(
-        f"{key}: unknown shard type; expected .json.zst, .json.gz, .json or .parquet"
-    )
-
-
 #: NDJSON file names ddbpipe reads: ours, AWS's, and common names for JSON lines.
 NDJSON_SUFFIXES = tuple(
     f"{stem}{compression}"
     for stem in (".json", ".jsonl", ".ndjson")
     for compression in ("", ".gz", ".zst", ".zstd")
 )
+#: Stored bytes fed to a decompressor at a time, so the decoded data stays bounded.
+DECOMPRESS_PIECE_BYTES = 256 * 1024
 
 
-def decompressed(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
+def iter_shard_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
+    """Each item's DynamoDB JSON (the object inside ``{"Item": ...}``) from a stored file.
+
+    ``chunks`` are the stored bytes in order; ``name`` (a key or a full location) picks the
+    decoder by its extension: ``.json.zst``, ``.json.gz`` (also AWS-native export files),
+    ``.json`` or ``.parquet``, and names the file in errors. NDJSON streams in bounded
+    memory; Parquet needs the whole file (random access).
+    """
+    if name.endswith(".parquet"):
+        return _parquet_items(chunks, name)
+    if name.endswith(NDJSON_SUFFIXES):
+        return _line_items(lines(decompressed(chunks, name)), name)
+    raise CorruptDataError(
+        f"{name}: unknown shard type; expected .json.zst, .json.gz, .json or .parquet"
+    )
+
+
+def _line_items(numbered_lines: Iterable[tuple[int, bytes]], name: str) -> Iterator[bytes]:
+    for number, line in numbered_lines:
+        yield _item_of_line(line, name, number)
+
+
+# --- decompression ----------------------------------------------------------------------------
+
+
+def decompressed(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     """The decompressed bytes of a stored file, by its extension (.gz, .zst/.zstd, or none)."""
-    if key.endswith(".gz"):
-        return _gzip_stream(chunks, key)
-    if key.endswith((".zst", ".zstd")):
-        return _zstd_stream(chunks, key)
+    if name.endswith(".gz"):
+        return _gzip_stream(_pieces(chunks), name)
+    if name.endswith((".zst", ".zstd")):
+        return _zstd_stream(_pieces(chunks), name)
     return iter(chunks)
 
 
-def _zstd_stream(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
+def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes | memoryview]:
+    # Fed a whole chunk, a decompressor would inflate all of it in one call.
+    for chunk in chunks:
+        if len(chunk) <= DECOMPRESS_PIECE_BYTES:
+            yield chunk
+            continue
+        view = memoryview(chunk)
+        for start in range(0, len(view), DECOMPRESS_PIECE_BYTES):
+            yield view[start : start + DECOMPRESS_PIECE_BYTES]
+
+
+def _zstd_stream(pieces: Iterable[bytes | memoryview], name: str) -> Iterator[bytes]:
     """Decompress a zstd stream of one or more frames; fail if the last frame is cut off."""
     decompressor = zstandard.ZstdDecompressor()
-    return _frames(chunks, key, decompressor.decompressobj, zstandard.ZstdError, "zstd")
+    return _frames(pieces, name, decompressor.decompressobj, zstandard.ZstdError, "zstd")
 
 
-def _gzip_stream(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
+def _gzip_stream(pieces: Iterable[bytes | memoryview], name: str) -> Iterator[bytes]:
     """Decompress a gzip stream of one or more members; fail if the last member is cut off."""
-    return _frames(chunks, key, lambda: zlib.decompressobj(_GZIP_WBITS), zlib.error, "gzip")
+    return _frames(pieces, name, lambda: zlib.decompressobj(_GZIP_WBITS), zlib.error, "gzip")
 
 
 def _frames(
-    chunks: Iterable[bytes],
-    key: str,
+    pieces: Iterable[bytes | memoryview],
+    name: str,
     new_frame: Callable[[], Any],
     error_type: type[Exception],
-    name: str,
+    format_name: str,
 ) -> Iterator[bytes]:
     """Decompress concatenated frames (zstd frames, gzip members), each by a fresh decoder."""
     frame = new_frame()
     started = False
     in_frame = False
     try:
-        for chunk in chunks:
-            while chunk:
+        for piece in pieces:
+            while piece:
                 started = in_frame = True
-                yield frame.decompress(chunk)
+                yield frame.decompress(piece)
                 if not frame.eof:
                     break
-                chunk = frame.unused_data
+                piece = frame.unused_data
                 frame = new_frame()
                 in_frame = False
     except error_type as exc:
-        raise CorruptDataError(f"{key}: corrupt {name} data ({exc})") from None
+        raise CorruptDataError(f"{name}: corrupt {format_name} data ({exc})") from None
     if not started:
-        raise CorruptDataError(f"{key}: empty file, expected {name} data")
+        raise CorruptDataError(f"{name}: empty file, expected {format_name} data")
     if in_frame:
-        raise CorruptDataError(f"{key}: truncated {name} data (the last frame does not end)")
+        raise CorruptDataError(
+            f"{name}: truncated {format_name} data (the last frame does not end)"
+        )
 
 
-def _ndjson_items(stream: Iterator[bytes], key: str) -> Iterator[bytes]:
-    """Split a byte stream into lines and yield each line's item, in bounded memory."""
-    line_number = 0
+# --- lines ----------------------------------------------------------------------------------
+
+
+def lines(blocks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of text arriving in blocks, blank lines left out, in bounded memory.
+
+    The one place NDJSON is split into lines. Line numbers count from 1 and include the blank
+    lines, so they are what an editor shows.
+    """
+    number = 0
     tail = b""
-    for block in stream:
+    for block in blocks:
         if not block:
             continue
-        lines = (tail + block).split(b"\n")
-        tail = lines.pop()
-        for line in lines:
-            line_number += 1
-            item = _line_item(line, key, line_number)
-            if item is not None:
-                yield item
-    if tail:
-        item = _line_item(tail, key, line_number + 1)
-        if item is not None:
-            yield item
+        split = (tail + block).split(b"\n")
+        tail = split.pop()
+        for line in split:
+            number += 1
+            # isspace() tests in place; strip() would copy every line.
+            if line and not line.isspace():
+                yield number, line
+    if tail and not tail.isspace():
+        yield number + 1, tail
 
 
-def _line_item(line: bytes, key: str, line_number: int) -> bytes | None:
-    if not line.strip():
-        return None  # blank lines (e.g. a trailing "\r\n" split) carry no item
+class _ItemLine(msgspec.Struct):
+    Item: msgspec.Raw
+
+
+_item_line_decoder = msgspec.json.Decoder(_ItemLine)
+
+
+def _item_of_line(line: bytes, name: str, number: int) -> bytes:
+    """The item of an ``{"Item": {...}}`` line (line ``number`` of the file ``name``)."""
     try:
-        item = bytes(_line_decoder.decode(line).Item)
+        item = bytes(_item_line_decoder.decode(line).Item)
     except msgspec.ValidationError as exc:
-        raise CorruptDataError(f"{key}: line {line_number} is not an item line ({exc})") from None
+        raise CorruptDataError(f"{name}: line {number} is not an item line ({exc})") from None
     except msgspec.DecodeError as exc:
-        raise CorruptDataError(f"{key}: line {line_number} is not valid JSON ({exc})") from None
+        raise CorruptDataError(f"{name}: line {number} is not valid JSON ({exc})") from None
     if not item.lstrip().startswith(b"{"):
-        raise CorruptDataError(f"{key}: line {line_number}: Item is not a JSON object")
+        raise CorruptDataError(f"{name}: line {number}: Item is not a JSON object")
     return item
 
 
-def _parquet_items(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
+# --- Parquet --------------------------------------------------------------------------------
+
+
+def _parquet_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
+    """The ``_item`` column of a Parquet shard, row by row (pages checked against their CRCs)."""
     data = b"".join(chunks)
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
-        raise CorruptDataError(f"{key}: not a readable Parquet file ({exc})") from None
+        raise CorruptDataError(f"{name}: not a readable Parquet file ({exc})") from None
     if codec.ITEM_COLUMN not in parquet.schema_arrow.names:
-        raise CorruptDataError(f"{key}: Parquet file has no {codec.ITEM_COLUMN!r} column")
+        raise CorruptDataError(f"{name}: Parquet file has no {codec.ITEM_COLUMN!r} column")
     try:
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=[codec.ITEM_COLUMN])
             yield from codec.arrow_items(table)
     except (pa.ArrowException, OSError) as exc:
-        raise CorruptDataError(f"{key}: corrupt Parquet data ({exc})") from None
+        raise CorruptDataError(f"{name}: corrupt Parquet data ({exc})") from None
     except CorruptDataError as exc:
-        raise CorruptDataError(f"{key}: {exc}") from None
+        raise CorruptDataError(f"{name}: {exc}") from None

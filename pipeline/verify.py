@@ -1,22 +1,34 @@
 """Check a finished export: structure cheaply, or every byte with ``read_data``.
 
 The cheap check reads only manifests and object listings: the manifests are present and
-agree with each other, every listed shard exists with its recorded size (and ETag), and the
-per-shard item counts add up. ``read_data`` also downloads every shard, recomputes its SHA-256
-and MD5, decodes it and recounts its items.
+agree with each other, every listed shard exists with its recorded size (and ETag), and no
+unlisted file is under ``data/``. ``read_data`` also downloads every shard, recomputes its
+SHA-256 and MD5, decodes it and recounts its items. The rules are ``integrity.py``'s; verify
+collects every problem they find into its report.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from .config import AwsOptions
-from .errors import CorruptDataError, DdbpipeError
+from .errors import CorruptDataError
+from .integrity import (
+    ManifestsDisagree,
+    Problem,
+    RecordedFile,
+    UnlistedFile,
+    UnreadableManifest,
+    check_listing,
+    check_unlisted,
+    read_all,
+    read_checked_manifest,
+)
 from .manifest import (
     AWS_FILES_KEY,
     AWS_FILES_MD5_KEY,
@@ -24,13 +36,11 @@ from .manifest import (
     AWS_SUMMARY_MD5_KEY,
     DATA_PREFIX,
     MANIFEST_KEY,
-    STATE_KEY,
     ExportManifest,
     ShardEntry,
-    decode_manifest,
-    md5_base64,
+    decode_aws_files,
+    read_finished_manifest,
 )
-from .shards import Checksums, iter_shard_items
 from .storage import ObjectInfo, ObjectStore, open_store
 
 #: Shards downloaded and decoded at the same time by ``read_data``.
@@ -49,11 +59,19 @@ class VerifyReport:
     items: int = 0
     items_read: int = 0
     bytes_read: int = 0
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add(self, problems: Iterable[Problem]) -> None:
+        """Add the problems not reported yet (reading a cut-off shard finds its size again)."""
+        known = set(self.problems)
+        for problem in problems:
+            if problem not in known:
+                known.add(problem)
+                self.problems.append(problem)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +84,7 @@ class VerifyReport:
             "items": self.items,
             "items_read": self.items_read if self.read_data else None,
             "bytes_read": self.bytes_read,
-            "problems": self.problems,
+            "problems": [str(problem) for problem in self.problems],
         }
 
 
@@ -89,52 +107,51 @@ async def run_verify(
         manifest = await _read_manifest(store)
         report.export_id, report.table = manifest.plan.export_id, manifest.plan.table_name
         report.shards, report.items = len(manifest.shards), manifest.item_count
-        stored = {info.key: info for info in await store.list(DATA_PREFIX)}
-        report.problems += _check_listing(manifest, stored)
+        files = [_recorded(shard) for shard in manifest.shards]
+        listing = {info.key: info for info in await store.list(DATA_PREFIX)}
+        report.add(check_listing(files, listing))
+        report.add(check_unlisted(files, listing, MANIFEST_KEY))
         if manifest.has_aws_manifests:
-            report.problems += await _check_aws_manifests(store, manifest)
+            report.add(await _check_aws_manifests(store, manifest))
         if read_data:
-            await _read_all_shards(store, manifest, stored, report, on_shard)
+            await _read_all_shards(store, manifest, listing, report, on_shard)
     finally:
         await store.close()
     return report
 
 
 async def _read_manifest(store: ObjectStore) -> ExportManifest:
-    if await store.head(MANIFEST_KEY) is None:
-        if await store.head(STATE_KEY) is not None:
-            raise CorruptDataError(
-                f"{store.url} holds an unfinished export (no {MANIFEST_KEY}): finish it with "
-                "'ddbpipe export --resume'"
-            )
+    # An unfinished export, a malformed manifest or an unknown format version is raised as it
+    # is: there is nothing to verify.
+    manifest = await read_finished_manifest(store)
+    if manifest is None:
         raise CorruptDataError(f"{store.url} holds no ddbpipe export ({MANIFEST_KEY} is missing)")
-    # A malformed manifest or an unknown format version is raised as it is: nothing to verify.
-    return decode_manifest(await store.get_bytes(MANIFEST_KEY), f"{store.url}/{MANIFEST_KEY}")
+    return manifest
 
 
-def _check_listing(manifest: ExportManifest, stored: dict[str, ObjectInfo]) -> list[str]:
-    problems = []
-    for shard in manifest.shards:
-        info = stored.get(shard.key)
-        if info is None:
-            problems.append(f"{shard.key}: missing (listed with {shard.items} items)")
-        elif info.size != shard.stored_bytes:
-            problems.append(
-                f"{shard.key}: size {info.size} bytes, manifest records {shard.stored_bytes}"
-            )
-        elif info.etag and shard.etag and info.etag != shard.etag:
-            problems.append(f"{shard.key}: ETag {info.etag}, manifest records {shard.etag}")
-    listed = {shard.key for shard in manifest.shards}
-    problems += [
-        f"{key}: not listed in {MANIFEST_KEY}" for key in sorted(stored) if key not in listed
-    ]
-    return problems
+def _recorded(shard: ShardEntry) -> RecordedFile:
+    return RecordedFile(
+        key=shard.key,
+        size=shard.stored_bytes,
+        items=shard.items,
+        sha256=shard.sha256,
+        md5_b64=shard.md5,
+        etag=shard.etag,
+        recorded_in=MANIFEST_KEY,
+    )
 
 
-async def _check_aws_manifests(store: ObjectStore, manifest: ExportManifest) -> list[str]:
-    problems: list[str] = []
-    files = await _checked_document(store, AWS_FILES_KEY, AWS_FILES_MD5_KEY, problems)
-    summary = await _checked_document(store, AWS_SUMMARY_KEY, AWS_SUMMARY_MD5_KEY, problems)
+# --- the AWS manifests of an NDJSON export ------------------------------------------------------
+
+
+async def _check_aws_manifests(store: ObjectStore, manifest: ExportManifest) -> list[Problem]:
+    files, problems = await read_checked_manifest(
+        store, AWS_FILES_KEY, [AWS_FILES_MD5_KEY], require_checksum=True
+    )
+    summary, summary_problems = await read_checked_manifest(
+        store, AWS_SUMMARY_KEY, [AWS_SUMMARY_MD5_KEY], require_checksum=True
+    )
+    problems += summary_problems
     if summary is not None:
         problems += _check_aws_summary(summary, manifest)
     if files is not None:
@@ -142,97 +159,66 @@ async def _check_aws_manifests(store: ObjectStore, manifest: ExportManifest) -> 
     return problems
 
 
-async def _checked_document(
-    store: ObjectStore, key: str, md5_key: str, problems: list[str]
-) -> bytes | None:
-    if await store.head(key) is None:
-        problems.append(f"{key}: missing")
-        return None
-    document = await store.get_bytes(key)
-    if await store.head(md5_key) is None:
-        problems.append(f"{md5_key}: missing")
-    elif (await store.get_bytes(md5_key)).strip().decode("ascii", "replace") != md5_base64(
-        document
-    ):
-        problems.append(f"{key}: MD5 does not match {md5_key}")
-    return document
-
-
-def _check_aws_summary(data: bytes, manifest: ExportManifest) -> list[str]:
+def _check_aws_summary(data: bytes, manifest: ExportManifest) -> list[Problem]:
     try:
         summary = msgspec.json.decode(data)
         count = int(summary["itemCount"])
     except (msgspec.DecodeError, KeyError, TypeError, ValueError):
-        return [f"{AWS_SUMMARY_KEY}: not a valid export summary"]
+        return [UnreadableManifest(file=AWS_SUMMARY_KEY, reason="not a valid export summary")]
     if count != manifest.item_count:
-        return [
-            f"{AWS_SUMMARY_KEY}: itemCount {count}, {MANIFEST_KEY} records {manifest.item_count}"
-        ]
+        detail = f"itemCount {count}, {MANIFEST_KEY} records {manifest.item_count}"
+        return [ManifestsDisagree(file=AWS_SUMMARY_KEY, other=MANIFEST_KEY, detail=detail)]
     return []
 
 
-def _check_aws_files(data: bytes, manifest: ExportManifest, store: ObjectStore) -> list[str]:
+def _check_aws_files(data: bytes, manifest: ExportManifest, store: ObjectStore) -> list[Problem]:
     try:
-        lines = [msgspec.json.decode(line) for line in data.splitlines() if line.strip()]
-        listed = {line["dataFileS3Key"]: line for line in lines}
-    except (msgspec.DecodeError, KeyError, TypeError):
-        return [f"{AWS_FILES_KEY}: not valid JSON lines of data files"]
-    problems = []
+        listed = {entry.dataFileS3Key: entry for entry in decode_aws_files(data, AWS_FILES_KEY)}
+    except CorruptDataError as error:
+        return [UnreadableManifest(file=AWS_FILES_KEY, reason=_after_name(str(error)))]
+    problems: list[Problem] = []
     for shard in manifest.shards:
-        line = listed.pop(store.root_key(shard.key), None)
-        if line is None:
-            problems.append(f"{AWS_FILES_KEY}: does not list {shard.key}")
-        elif line.get("itemCount") != shard.items or line.get("md5Checksum") != shard.md5:
-            problems.append(f"{AWS_FILES_KEY}: item count or MD5 of {shard.key} disagrees")
-    problems += [f"{AWS_FILES_KEY}: lists {key}, which is not in the export" for key in listed]
+        entry = listed.pop(store.root_key(shard.key), None)
+        if entry is None:
+            problems.append(UnlistedFile(file=shard.key, manifest=AWS_FILES_KEY))
+        elif entry.itemCount != shard.items or entry.md5Checksum != shard.md5:
+            problems.append(_aws_files_disagree(f"item count or MD5 of {shard.key}"))
+    problems += [_aws_files_disagree(f"lists {key}, which is not in the export") for key in listed]
     return problems
+
+
+def _after_name(message: str) -> str:
+    """A decoder's message without the file name it starts with (the problem names it)."""
+    return message.split(": ", 1)[-1]
+
+
+def _aws_files_disagree(detail: str) -> Problem:
+    return ManifestsDisagree(file=AWS_FILES_KEY, other=MANIFEST_KEY, detail=detail)
+
+
+# --- read-all --------------------------------------------------------------------------------
 
 
 async def _read_all_shards(
     store: ObjectStore,
     manifest: ExportManifest,
-    stored: dict[str, ObjectInfo],
+    listing: dict[str, ObjectInfo],
     report: VerifyReport,
     on_shard: Callable[[ShardEntry], None] | None,
 ) -> None:
     running = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def check(shard: ShardEntry) -> list[str]:
+    async def check(shard: ShardEntry) -> list[Problem]:
         async with running:
-            problems = await _read_shard(store, shard, report)
+            chunks = [chunk async for chunk in store.iter_chunks(shard.key)]
+            report.bytes_read += sum(map(len, chunks))
+            # Hashing and decoding in a thread keep the downloads of other shards going.
+            items, problems = await asyncio.to_thread(read_all, _recorded(shard), chunks)
+        report.items_read += items
         if on_shard is not None:
             on_shard(shard)
         return problems
 
-    present = [shard for shard in manifest.shards if shard.key in stored]
-    for problems in await asyncio.gather(*(check(shard) for shard in present)):
-        report.problems += problems
-
-
-async def _read_shard(store: ObjectStore, shard: ShardEntry, report: VerifyReport) -> list[str]:
-    """Hash the stored bytes and count the items they decode to."""
-    data = bytearray()
-    checksums = Checksums()
-    async for chunk in store.iter_chunks(shard.key):
-        checksums.update(chunk)
-        data += chunk
-    report.bytes_read += len(data)
-    problems = []
-    if checksums.sha256_hex != shard.sha256:
-        problems.append(f"{shard.key}: SHA-256 does not match the manifest (the file changed)")
-    if checksums.md5_b64 != shard.md5:
-        problems.append(f"{shard.key}: MD5 does not match the manifest")
-    try:
-        count = await asyncio.to_thread(_count_items, bytes(data), shard.key)
-    except CorruptDataError as error:
-        return [*problems, str(error)]
-    except DdbpipeError as error:
-        return [*problems, f"{shard.key}: {error}"]
-    report.items_read += count
-    if count != shard.items:
-        problems.append(f"{shard.key}: holds {count} items, manifest records {shard.items}")
-    return problems
-
-
-def _count_items(data: bytes, key: str) -> int:
-    return sum(1 for _ in iter_shard_items([data], key))
+    present = [shard for shard in manifest.shards if shard.key in listing]
+    found = await asyncio.gather(*(check(shard) for shard in present))
+    report.add(problem for problems in found for problem in problems)

@@ -1,4 +1,4 @@
-"""Test data and readers shared by the export tests.
+"""Test data, readers and ways of damaging an export, shared by the tests.
 
 ``FIDELITY_ITEMS`` covers every DynamoDB type and the awkward corners (38-digit and extreme
 numbers, binary inside maps and lists, empty strings/lists/maps, unicode names, an item near
@@ -116,3 +116,24 @@ def key_of(item: dict[str, Any]) -> Any:
 
 def sorted_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: repr(key_of(item)))
+
+
+# --- damaging an export ---------------------------------------------------------------------
+
+
+def shard_paths(dest: Path) -> list[Path]:
+    """The shards of a local export, in the order its manifest lists them."""
+    manifest = decode_manifest((dest / MANIFEST_KEY).read_bytes())
+    return [dest / shard.key for shard in manifest.shards]
+
+
+def flip_middle_byte(path: Path) -> None:
+    """Damage a stored file without changing its size."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def cut_off(path: Path, length: int = 10) -> None:
+    """Drop the last ``length`` bytes of a stored file."""
+    path.write_bytes(path.read_bytes()[:-length])

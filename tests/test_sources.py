@@ -22,17 +22,18 @@ from ddbpipe import codec
 from ddbpipe.config import AwsOptions
 from ddbpipe.errors import CorruptDataError, FormatVersionError, StorageError
 from ddbpipe.manifest import MANIFEST_KEY, STATE_KEY
-from ddbpipe.records import RecordKind, WriteRecord
-from ddbpipe.sources import (
-    MAX_ITEM_BYTES,
-    RECORDS_PER_BATCH,
-    ImportSource,
-    check_item,
-    open_source,
-    read_records,
-)
+from ddbpipe.records import WriteRecord
+from ddbpipe.schema import KeyAttributes
+from ddbpipe.sources import RECORDS_PER_BATCH, ImportSource, open_source, read_records
 from ddbpipe.storage import open_store
-from tests.exports import FIDELITY_ITEMS, normalized, plain_items, scan_table, sorted_items
+from tests.exports import (
+    FIDELITY_ITEMS,
+    flip_middle_byte,
+    normalized,
+    plain_items,
+    scan_table,
+    sorted_items,
+)
 
 EXPORT_ID = "01234567890123-abcdefgh"
 Put = Callable[[str, bytes], None]
@@ -63,7 +64,7 @@ async def _open_and_read(
         return source, batches
 
 
-def _table_keys(source: ImportSource) -> tuple[tuple[str, str], ...]:
+def _table_keys(source: ImportSource) -> KeyAttributes:
     """The source's own keys, else a table keyed by pk (all of this file's test items are)."""
     return source.key_attributes or (("pk", "S"),)
 
@@ -408,10 +409,7 @@ def assert_one_line_naming(error: BaseException, name: str) -> None:
 
 def test_flipped_bytes_fail_before_any_record_of_the_file(small_export: Path) -> None:
     key = _first_shard(small_export)
-    path = small_export / key
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_middle_byte(small_export / key)
     received, error = read_file_until_error(str(small_export), key)
     assert received == []
     assert isinstance(error, CorruptDataError)
@@ -548,45 +546,10 @@ def test_copied_export_keeps_working(small_export: Path, tmp_path: Path) -> None
     assert source.kind == "ddbpipe" and len(records) == 3000
 
 
-# --- check_item ---------------------------------------------------------------------------
+# --- records carry what check_item finds ---------------------------------------------------
 
 
 KEYS = (("pk", "S"), ("sk", "N"))
-
-
-def check(item: dict[str, Any], keys: Any = KEYS, kind: RecordKind = "put") -> str | None:
-    return check_item(kind, item, codec.item_size(item), keys)
-
-
-def test_check_item_accepts_a_good_item() -> None:
-    assert check({"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x"}}) is None
-    big_but_fine = {"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x" * 409_000}}
-    assert codec.item_size(big_but_fine) <= MAX_ITEM_BYTES
-    assert check(big_but_fine) is None
-
-
-def test_check_item_refuses_an_item_over_400_kb() -> None:
-    item = {"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x" * 512_000}}
-    assert check(item) == f"item is {codec.item_size(item):,} bytes, over DynamoDB's 400 KB limit"
-    assert check(item, None) is not None  # the size is checked without keys too
-
-
-def test_check_item_refuses_missing_and_mistyped_keys() -> None:
-    assert check({"pk": {"S": "a"}}) == "missing key attribute 'sk'"
-    assert check({"pk": {"N": "1"}, "sk": {"N": "1"}}) == "key attribute 'pk' is N, table wants S"
-    assert check({"pk": {"S": ""}, "sk": {"N": "1"}}) == (
-        "key attribute 'pk' is empty, which DynamoDB does not allow"
-    )
-    assert check({"pk": {"S": "k" * 2049}, "sk": {"N": "1"}}) == (
-        "key attribute 'pk' is 2,049 bytes, over DynamoDB's 2,048 limit"
-    )
-    assert check({"pk": {"S": "a"}}, None) is None
-
-
-def test_check_item_refuses_a_delete_with_extra_attributes() -> None:
-    assert check({"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "x"}}, kind="delete") == (
-        "delete key has attribute 'v', which is not a key attribute"
-    )
 
 
 def test_records_carry_their_problem_and_key(tmp_path: Path) -> None:
