@@ -27,10 +27,10 @@ from rich.progress import (
 
 from ddbpipe.config import AwsOptions, Compression, ExportOptions, Format, ImportOptions
 from ddbpipe.errors import DdbpipeError
-from ddbpipe.export import run_export
+from ddbpipe.export_job import run_export
+from ddbpipe.import_job import run_import
 from ddbpipe.progress import JobProgress
-from ddbpipe.restore import run_import
-from ddbpipe.verify import run_verify
+from ddbpipe.verify_job import run_verify
 from ddbpipe.version import VERSION
 
 app = typer.Typer(

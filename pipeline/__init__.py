@@ -44,13 +44,13 @@ from .errors import (
     ThrottledError,
     TransientError,
 )
-from .export import ExportSummary
-from .export import run_export as _run_export
+from .export_job import ExportSummary
+from .export_job import run_export as _run_export
+from .import_job import ImportSummary
+from .import_job import run_import as _run_import
 from .progress import JobProgress
-from .restore import ImportSummary
-from .restore import run_import as _run_import
-from .verify import VerifyReport
-from .verify import run_verify as _run_verify
+from .verify_job import VerifyReport
+from .verify_job import run_verify as _run_verify
 from .version import VERSION as _VERSION
 
 #: The installed version (the package metadata).

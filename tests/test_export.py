@@ -13,7 +13,7 @@ import pytest
 
 import ddbpipe
 from ddbpipe.config import AwsOptions, ExportOptions
-from ddbpipe.export import plan_segments, run_export
+from ddbpipe.export_job import plan_segments, run_export
 from ddbpipe.manifest import (
     AWS_FILES_KEY,
     AWS_SUMMARY_KEY,

@@ -18,8 +18,8 @@ import pytest
 import ddbpipe
 from ddbpipe.batching import MAX_BATCH_REQUESTS
 from ddbpipe.config import ImportOptions
+from ddbpipe.import_job import MIN_BURST_WCU
 from ddbpipe.manifest import MANIFEST_KEY
-from ddbpipe.restore import MIN_BURST_WCU
 from tests.exports import FIDELITY_ITEMS, plain_items, scan_table, sorted_items
 from tests.test_sources import full_lines, local_put, s3_put, write_aws_export
 

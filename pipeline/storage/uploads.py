@@ -34,7 +34,7 @@ __all__ = [
     "upload_file",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Files up to this size go up in one PutObject; bigger ones as a multipart upload.
 MULTIPART_THRESHOLD = 64 * MiB
@@ -177,7 +177,7 @@ class _MultipartUpload:
             )
         except DdbpipeError as exc:
             # The original error matters more; a lifecycle rule can clean up what is left.
-            logger.warning(
+            log.warning(
                 "could not abort multipart upload %s of %s: %s",
                 self.upload_id,
                 self.store.where(self.key),

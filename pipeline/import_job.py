@@ -38,7 +38,7 @@ from .tables import (
 )
 from .writer import TableWriter
 
-log = logging.getLogger("ddbpipe.import")
+log = logging.getLogger(__name__)
 
 #: DynamoDB serves at most this many WCU/s for one partition-key value (one partition).
 PARTITION_KEY_WCU = 1000.0

@@ -1,4 +1,4 @@
-"""Check a finished export: structure cheaply, or every byte with ``read_data``.
+"""The verify job: check a finished export, its structure cheaply or every byte (``read_data``).
 
 The cheap check reads only manifests and object listings: the manifests are present and
 agree with each other, every listed shard exists with its recorded size (and ETag), and no

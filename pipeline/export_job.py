@@ -41,7 +41,7 @@ from .schema import key_attributes, table_schema
 from .storage import ObjectStore, open_store
 from .version import VERSION
 
-log = logging.getLogger("ddbpipe.export")
+log = logging.getLogger(__name__)
 
 #: AWS suggests one Scan segment per ~2 GB of table for large tables.
 BYTES_PER_SEGMENT = 2 * 1024**3
