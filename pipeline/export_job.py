@@ -11,7 +11,6 @@ import asyncio
 import logging
 import math
 import os
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from .manifest import (
 )
 from .progress import JobProgress
 from .ratelimit import TokenBucket
+from .retry import Clock, SystemClock
 from .scan import SegmentTask, run_segment
 from .schema import key_attributes, table_schema
 from .storage import ObjectStore, open_store
@@ -76,26 +76,34 @@ def plan_segments(table_size_bytes: int, cores: int | None = None) -> int:
     return max(1, min(MAX_AUTO_SEGMENTS, max(by_size, cores or os.cpu_count() or 1)))
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_timestamp(clock: Clock) -> str:
+    """The clock's wall time as ISO 8601 UTC with milliseconds, as AWS's manifests write it."""
+    moment = datetime.fromtimestamp(clock.time(), UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def run_export(options: ExportOptions, progress: JobProgress | None = None) -> ExportSummary:
-    """Run (or, with ``options.resume``, continue) an export; see ``ddbpipe.export_table``."""
+async def run_export(
+    options: ExportOptions, progress: JobProgress | None = None, *, clock: Clock | None = None
+) -> ExportSummary:
+    """Run (or, with ``options.resume``, continue) an export; see ``ddbpipe.export_table``.
+
+    ``clock`` is where every part of the export reads the time (default: the system's).
+    """
+    clock = clock or SystemClock()
     progress = progress or JobProgress()
-    started = time.monotonic()
-    store = open_store(options.destination, options.aws)
+    started = clock.monotonic()
+    store = open_store(options.destination, options.aws, clock=clock)
     try:
         await store.ensure_ready(for_write=True)
         async with DynamoClient.open(
-            options.aws, max_connections=options.max_concurrency
+            options.aws, max_connections=options.max_concurrency, clock=clock
         ) as client:
             description = await client.describe_table(options.table)
             plan, checkpoints = await _prepare(options, store, client, description)
             _start_progress(progress, plan, checkpoints, description)
             finals = await _run_segments(options, plan, checkpoints, client, store, progress)
             progress.throttles = client.throttles
-        manifest = await _commit(store, plan, finals)
+        manifest = await _commit(store, plan, finals, clock)
     finally:
         await store.close()
     return ExportSummary(
@@ -106,7 +114,7 @@ async def run_export(options: ExportOptions, progress: JobProgress | None = None
         shards=len(manifest.shards),
         stored_bytes=manifest.stored_bytes,
         raw_bytes=manifest.raw_bytes,
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(clock.monotonic() - started, 3),
         consumed_rcu=round(manifest.consumed_rcu, 3),
         format=plan.data_format,
         compression=plan.compression,
@@ -157,7 +165,7 @@ async def _new_plan(
     tags = await client.list_tags(description["TableArn"]) if description.get("TableArn") else None
     export_format = options.format or "ndjson"
     return ExportPlan(
-        export_id=f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}",
+        export_id=f"{int(client.clock.time() * 1000):013d}-{uuid.uuid4().hex[:8]}",
         table_name=description["TableName"],
         table_arn=description.get("TableArn", ""),
         table_id=description.get("TableId", ""),
@@ -167,7 +175,7 @@ async def _new_plan(
         segments=options.segments or plan_segments(int(description.get("TableSizeBytes", 0))),
         consistent_read=options.consistent_read,
         shard_bytes=options.shard_bytes or default_shard_bytes(export_format),
-        start_time=utc_now(),
+        start_time=utc_timestamp(client.clock),
         key_attributes=key_attributes(description),
         table=table_schema(description, time_to_live, tags),
     )
@@ -232,7 +240,7 @@ async def _run_segments(
     store: ObjectStore,
     progress: JobProgress,
 ) -> list[SegmentCheckpoint]:
-    read_budget = TokenBucket(options.max_rcu) if options.max_rcu else None
+    read_budget = TokenBucket(options.max_rcu, clock=client.clock) if options.max_rcu else None
     running = asyncio.Semaphore(options.max_concurrency)
 
     async def one_segment(checkpoint: SegmentCheckpoint) -> SegmentCheckpoint:
@@ -286,14 +294,14 @@ def _leaves(error: BaseException) -> Any:
 
 
 async def _commit(
-    store: ObjectStore, plan: ExportPlan, finals: list[SegmentCheckpoint]
+    store: ObjectStore, plan: ExportPlan, finals: list[SegmentCheckpoint], clock: Clock
 ) -> ExportManifest:
     shards = tuple(shard for checkpoint in finals for shard in checkpoint.shards)
     await _delete_unlisted_shards(store, {shard.key for shard in shards})
     manifest = ExportManifest(
         plan=plan,
         tool_version=VERSION,
-        end_time=utc_now(),
+        end_time=utc_timestamp(clock),
         consumed_rcu=sum(checkpoint.consumed_rcu for checkpoint in finals),
         shards=shards,
     )

@@ -11,7 +11,6 @@ is written or dead-lettered. GSIs of a table this import created come last.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -20,12 +19,13 @@ from typing import Any
 
 from .batching import interleave
 from .config import DEFAULT_ON_DEMAND_WCU, ImportOptions
-from .dynamo import DynamoClient, RetryPolicy
+from .dynamo import DynamoClient
 from .errors import ConfigError, TableNotFoundError
 from .import_state import DeadLetterFile, ImportCheckpoint
 from .progress import JobProgress
 from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
 from .records import WriteRecord
+from .retry import Clock, RetryPolicy, SystemClock
 from .schema import KeyAttributes, key_attributes
 from .sources import ImportSource, SourceFile, open_source, read_records
 from .storage import ObjectStore, open_store
@@ -78,14 +78,20 @@ class ImportSummary:
         return asdict(self)
 
 
-async def run_import(options: ImportOptions, progress: JobProgress | None = None) -> ImportSummary:
-    """Run (or with ``options.resume`` continue) an import; see ``ddbpipe.import_table``."""
+async def run_import(
+    options: ImportOptions, progress: JobProgress | None = None, *, clock: Clock | None = None
+) -> ImportSummary:
+    """Run (or with ``options.resume`` continue) an import; see ``ddbpipe.import_table``.
+
+    ``clock`` is where every part of the import reads the time (default: the system's).
+    """
+    clock = clock or SystemClock()
     progress = progress or JobProgress()
-    started = time.monotonic()
-    store = open_store(options.source, options.aws)
+    started = clock.monotonic()
+    store = open_store(options.source, options.aws, clock=clock)
     try:
         source = await open_source(store)
-        async with DynamoClient.open(options.aws) as control:
+        async with DynamoClient.open(options.aws, clock=clock) as control:
             target, created = await _target_table(control, options, source)
             table_keys = key_attributes(target)
             check_key_schema(options.table, table_keys, source.key_attributes)
@@ -94,7 +100,7 @@ async def run_import(options: ImportOptions, progress: JobProgress | None = None
             # What the files finished before a resume hold: part of this import's totals.
             earlier_written = checkpoint.items_written
             earlier_dead_lettered = checkpoint.items_dead_lettered
-            run = _ImportRun(options, source, store, checkpoint, progress, table_keys)
+            run = _ImportRun(options, source, store, checkpoint, progress, table_keys, clock)
             await run.write_all(target_wcu)
             indexes = []
             if created and not options.without_indexes and source.table_schema:
@@ -116,7 +122,7 @@ async def run_import(options: ImportOptions, progress: JobProgress | None = None
         throttled_requests=run.throttled_requests,
         unprocessed_items=run.unprocessed_items,
         target_wcu=target_wcu,
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(clock.monotonic() - started, 3),
         files=len(source.files),
         created_table=created,
         indexes_added=indexes,
@@ -216,6 +222,7 @@ class _ImportRun:
     checkpoint: ImportCheckpoint
     progress: JobProgress
     table_keys: KeyAttributes
+    clock: Clock
     files: dict[str, _FileProgress] = field(default_factory=dict)
     items_read: int = 0
     items_written: int = 0
@@ -240,21 +247,24 @@ class _ImportRun:
         self.progress.target_rate = target_wcu
         # A tenth of a second of credit: a full second at a target far above the table's
         # capacity arrives as one burst of throttled calls before the controller can react.
-        bucket = TokenBucket(target_wcu, burst=max(target_wcu / 10, MIN_BURST_WCU))
-        controller = AdaptiveRate(target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION)
+        clock = self.clock
+        bucket = TokenBucket(target_wcu, burst=max(target_wcu / 10, MIN_BURST_WCU), clock=clock)
+        controller = AdaptiveRate(
+            target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION, clock=clock
+        )
         # The writer sees every throttle itself (one attempt per call) and retries per record.
         async with DynamoClient.open(
             self.options.aws, max_connections=self.options.concurrency + 4,
-            retry=RetryPolicy(max_attempts=1),
+            retry=RetryPolicy(max_attempts=1), clock=clock,
         ) as client:
             writer = TableWriter(
                 client, self.options.table, [name for name, _ in self.table_keys],
                 bucket=bucket, controller=controller,
-                key_limiter=KeyRateLimiter(PARTITION_KEY_WCU),
+                key_limiter=KeyRateLimiter(PARTITION_KEY_WCU, clock=clock),
                 concurrency=self.options.concurrency,
                 retry_deadline=self.options.retry_deadline,
                 on_written=self._written, on_dead_letter=self._dead_lettered,
-                progress=self.progress,
+                progress=self.progress, clock=clock,
             )
             try:
                 await writer.write(self._checked(self._records(todo)))

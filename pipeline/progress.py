@@ -6,8 +6,9 @@ likes. Everything runs on one event loop, so plain attributes are enough.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+
+from .retry import Clock, SystemClock
 
 
 @dataclass
@@ -30,7 +31,12 @@ class JobProgress:
     current_rate: float = 0.0
     #: DynamoDB's estimate of the table's item count (refreshed about every 6 hours by AWS).
     items_estimate: int = 0
-    started: float = field(default_factory=time.monotonic)
+    #: Where the rates and the ETA read the time.
+    clock: Clock = field(default_factory=SystemClock, repr=False, compare=False)
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock.monotonic()
 
     def add_page(self, items: int, raw_bytes: int, consumed_capacity: float) -> None:
         self.items += items
@@ -43,7 +49,7 @@ class JobProgress:
 
     @property
     def elapsed(self) -> float:
-        return max(time.monotonic() - self.started, 1e-9)
+        return max(self.clock.monotonic() - self.started, 1e-9)
 
     @property
     def items_per_second(self) -> float:

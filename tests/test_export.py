@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ddbpipe.manifest import (
     md5_base64,
 )
 from ddbpipe.progress import JobProgress
+from ddbpipe.retry import ManualClock
 from tests.exports import (
     FIDELITY_ITEMS,
     plain_items,
@@ -289,3 +291,17 @@ def test_segment_plan_follows_table_size() -> None:
     assert plan_segments(0, cores=2) == 2
     assert plan_segments(100 * 1024**3, cores=2) == 50
     assert plan_segments(10**18, cores=2) == 10_000
+
+
+def test_the_export_reads_the_time_from_the_clock_it_is_given(
+    tmp_path: Path, endpoint: str, make_table: Any
+) -> None:
+    table = make_table(plain_items(50))
+    wall = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC).timestamp()
+    options = ExportOptions(table=table, destination=str(tmp_path / "e"), segments=2,
+                            aws=AwsOptions(endpoint_url=endpoint))
+    summary = asyncio.run(run_export(options, clock=ManualClock(wall_start=wall)))
+    manifest = decode_manifest((tmp_path / "e" / MANIFEST_KEY).read_bytes())
+    assert manifest.plan.start_time == manifest.end_time == "2031-05-06T07:08:09.000Z"
+    assert summary.export_id.startswith(f"{int(wall * 1000):013d}-")
+    assert summary.seconds == 0  # nothing waited on the manual clock

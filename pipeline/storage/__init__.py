@@ -32,6 +32,7 @@ from typing import Any, Protocol, Self
 
 from ..config import AwsOptions
 from ..errors import ConfigError, StorageError
+from ..retry import Clock
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -121,8 +122,13 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 
 
-def open_store(url: str, aws: AwsOptions | None = None) -> ObjectStore:
-    """The store for DEST/SOURCE ``url``; nothing is touched until the first call."""
+def open_store(
+    url: str, aws: AwsOptions | None = None, *, clock: Clock | None = None
+) -> ObjectStore:
+    """The store for DEST/SOURCE ``url``; nothing is touched until the first call.
+
+    ``clock`` paces the S3 store's resumed reads (default: the system's).
+    """
     if not url.strip():
         raise ConfigError("empty storage location: give a local directory or s3://bucket/prefix")
     match = _SCHEME.match(url)
@@ -135,7 +141,7 @@ def open_store(url: str, aws: AwsOptions | None = None) -> ObjectStore:
         from .s3 import S3Store
 
         bucket, prefix = parse_s3_url(url)
-        return S3Store(bucket, prefix, aws or AwsOptions())
+        return S3Store(bucket, prefix, aws or AwsOptions(), clock=clock)
     if scheme == "memory":
         from .memory import MemoryStore
 
