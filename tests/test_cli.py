@@ -155,8 +155,11 @@ def test_killed_export_resumes_to_exactly_the_table(
 ) -> None:
     table = make_table(plain_items(6000))
     dest = tmp_path / "export"
+    # A killed process cannot remove its temporary shard files: keep them in the test's folder.
+    spool = tmp_path / "tmp"
+    spool.mkdir()
     process = subprocess.Popen([sys.executable, "-c", KILLABLE_EXPORT, table, str(dest), endpoint],
-                               env=os.environ.copy())
+                               env={**os.environ, "TMPDIR": str(spool)})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         if len(list((dest / STATE_PREFIX).glob("segment-*.json"))) >= 4 and len(
