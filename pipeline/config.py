@@ -6,7 +6,6 @@ Dask worker unchanged.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,33 +31,13 @@ class AwsOptions:
 
     ``None`` means: take it from the standard environment (AWS_PROFILE, AWS_REGION /
     AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)
-    and the shared config files, as the AWS CLI does.
+    and the shared config files, as the AWS CLI does; ``aws.py`` resolves them.
     """
 
     region: str | None = None
     profile: str | None = None
     endpoint_url: str | None = None
     s3_endpoint_url: str | None = None
-
-    def region_name(self) -> str | None:
-        """--region, else AWS_REGION (which botocore itself ignores), else AWS_DEFAULT_REGION."""
-        return (
-            self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        )
-
-    def dynamodb_endpoint(self) -> str | None:
-        return (
-            self.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
-            or os.environ.get("AWS_ENDPOINT_URL")
-        )
-
-    def s3_endpoint(self) -> str | None:
-        return (
-            self.s3_endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
