@@ -1,7 +1,8 @@
 """The ``ddbpipe`` command: options, progress display, exit codes. No pipeline logic here.
 
 Exit codes: 0 done; 1 the job failed or found problems (the reason is printed on stderr);
-2 bad usage; 130 interrupted (an export can then continue with --resume).
+2 bad usage (an unknown option, or a value or combination of options that cannot work);
+130 interrupted (an export can then continue with --resume).
 """
 
 from __future__ import annotations
@@ -25,12 +26,26 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ddbpipe.config import AwsOptions, Compression, ExportOptions, Format, ImportOptions
-from ddbpipe.errors import DdbpipeError
+from ddbpipe.config import (
+    ArchiveOptions,
+    AwsOptions,
+    ChecksumAlgorithm,
+    Compression,
+    ExportOptions,
+    Format,
+    ImportOptions,
+    LockMode,
+    Sse,
+    StorageClass,
+    parse_retain_until,
+    parse_tag,
+    refuse_s3_only,
+)
+from ddbpipe.errors import ConfigError, DdbpipeError
 from ddbpipe.export_job import run_export
 from ddbpipe.import_job import run_import
 from ddbpipe.progress import JobProgress
-from ddbpipe.verify_job import run_verify
+from ddbpipe.verify_job import VerifyReport, run_verify
 from ddbpipe.version import VERSION
 
 app = typer.Typer(
@@ -62,6 +77,18 @@ S3EndpointUrl = Annotated[
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print one JSON summary object on stdout at the end.")
 ]
+ExpectedBucketOwner = Annotated[
+    str | None,
+    typer.Option(help="AWS account id that must own the S3 bucket: every S3 call says so, and "
+                 "S3 refuses (403) a bucket that changed hands.", metavar="ACCOUNT"),
+]
+
+#: The export's S3 archive options, shown together in --help.
+ARCHIVE = "S3 archive options (every object the export writes; S3 only)"
+
+
+def _archive_option(help: str, *names: str, metavar: str | None = None) -> Any:
+    return typer.Option(*names, help=help, metavar=metavar, rich_help_panel=ARCHIVE)
 
 
 def _print_version(asked: bool) -> None:
@@ -128,6 +155,38 @@ def export(
         bool,
         typer.Option("--resume", help="Continue an unfinished export at DEST from checkpoints."),
     ] = False,
+    sse: Annotated[str | None, _archive_option(
+        "Server-side encryption: AES256, aws:kms or aws:kms:dsse.", "--sse",
+        metavar="ALGORITHM")] = None,
+    sse_kms_key_id: Annotated[str | None, _archive_option(
+        "KMS key (id, ARN or alias) for --sse aws:kms; checked before anything is written.",
+        "--sse-kms-key-id", metavar="KEY")] = None,
+    sse_bucket_key: Annotated[bool | None, _archive_option(
+        "S3 Bucket Keys for aws:kms (fewer KMS calls).",
+        "--sse-bucket-key/--no-sse-bucket-key")] = None,
+    storage_class: Annotated[str | None, _archive_option(
+        "Storage class of the data shards: STANDARD, STANDARD_IA, ONEZONE_IA, "
+        "INTELLIGENT_TIERING, GLACIER_IR, GLACIER or DEEP_ARCHIVE. Manifests stay STANDARD, "
+        "so ls and verify work without a thaw.", "--storage-class", metavar="CLASS")] = None,
+    object_lock_mode: Annotated[str | None, _archive_option(
+        "Object Lock retention on shards and manifests: GOVERNANCE or COMPLIANCE (the bucket "
+        "must have Object Lock enabled).", "--object-lock-mode", metavar="MODE")] = None,
+    retain_until: Annotated[str | None, _archive_option(
+        "Retain until this date (2033-12-31) or time (ISO 8601).", "--retain-until",
+        metavar="DATE")] = None,
+    retain_for: Annotated[str | None, _archive_option(
+        "Retain for this long from the export's start: 90d, 7y.", "--retain-for",
+        metavar="DURATION")] = None,
+    legal_hold: Annotated[bool, _archive_option(
+        "Put a legal hold on shards and manifests.", "--legal-hold")] = False,
+    checksum_algorithm: Annotated[str | None, _archive_option(
+        "S3's own checksum, sent with every put and checked by S3 on arrival: CRC64NVME, "
+        "CRC32C, CRC32, SHA256 or SHA1 (ddbpipe's SHA-256 is kept in its manifest too).",
+        "--checksum-algorithm", metavar="ALGORITHM")] = None,
+    tag: Annotated[list[str] | None, _archive_option(
+        "Tag every object, KEY=VALUE; repeat for more (at most 10).", "--tag",
+        metavar="KEY=VALUE")] = None,
+    expected_bucket_owner: ExpectedBucketOwner = None,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -137,20 +196,36 @@ def export(
     """Export TABLE to DEST as compressed shards plus manifests (written last).
 
     Example: ddbpipe export orders s3://archive/orders/2026-11-23 --segments 32
+
+    An archive, encrypted, locked for 7 years and cold (docs/ARCHIVING.md): ddbpipe export
+    orders s3://vault/orders/2026-12 --sse aws:kms --sse-kms-key-id alias/archive
+    --object-lock-mode COMPLIANCE --retain-for 7y --storage-class DEEP_ARCHIVE
     """
-    aws = AwsOptions(
-        region=region, profile=profile, endpoint_url=endpoint_url, s3_endpoint_url=s3_endpoint_url
-    )
     progress = JobProgress()
 
     def build_options() -> ExportOptions:
+        given = (sse, sse_kms_key_id, sse_bucket_key, storage_class, object_lock_mode,
+                 retain_until, retain_for, checksum_algorithm, tag)
+        archive = None
+        if legal_hold or any(value is not None for value in given):
+            archive = ArchiveOptions(
+                sse=cast(Sse | None, sse), sse_kms_key_id=sse_kms_key_id,
+                sse_bucket_key=sse_bucket_key,
+                storage_class=cast(StorageClass | None, storage_class),
+                object_lock_mode=cast(LockMode | None, object_lock_mode),
+                retain_until=parse_retain_until(retain_until) if retain_until else None,
+                retain_for=retain_for, legal_hold=legal_hold,
+                checksum_algorithm=cast(ChecksumAlgorithm | None, checksum_algorithm),
+                tags=tuple(parse_tag(text) for text in tag or ()),
+            )
         return ExportOptions(
             # ExportOptions checks the values and names the allowed ones.
             table=table, destination=dest, segments=segments,
             format=cast(Format | None, format),
             compression=cast(Compression | None, compression),
             max_rcu=max_rcu, page_size=page_size, consistent_read=consistent_read,
-            resume=resume, aws=aws,
+            resume=resume, archive=archive,
+            aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 
     summary = _run(
@@ -211,6 +286,7 @@ def import_(
         typer.Option(help="The import's checkpoint file, removed when the import finishes "
                      "(default: ddbpipe-import-TABLE.checkpoint.json)."),
     ] = None,
+    expected_bucket_owner: ExpectedBucketOwner = None,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -222,16 +298,14 @@ def import_(
     Nothing is dropped: items that cannot be written go to the dead-letter file and the exit
     code is 1. Example: ddbpipe import s3://archive/orders/2026-11-23 orders-copy --create-table
     """
-    aws = AwsOptions(
-        region=region, profile=profile, endpoint_url=endpoint_url, s3_endpoint_url=s3_endpoint_url
-    )
     progress = JobProgress()
 
     def build_options() -> ImportOptions:
         return ImportOptions(
             source=source, table=table, target_wcu=target_wcu, create_table=create_table,
             without_indexes=without_indexes, resume=resume, dead_letter=dead_letter,
-            checkpoint=checkpoint, aws=aws,
+            checkpoint=checkpoint,
+            aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 
     summary = _run(
@@ -265,6 +339,7 @@ def verify(
         bool,
         typer.Option("--read-data", help="Also download, checksum, decode and recount all shards."),
     ] = False,
+    expected_bucket_owner: ExpectedBucketOwner = None,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -274,9 +349,13 @@ def verify(
 
     Exits 0 only when everything holds; otherwise prints each problem on its own line.
     """
-    aws = AwsOptions(region=region, profile=profile, s3_endpoint_url=s3_endpoint_url)
+    def verify_it() -> Coroutine[Any, Any, VerifyReport]:
+        aws = _aws(region, profile, None, s3_endpoint_url, expected_bucket_owner)
+        refuse_s3_only(source, ["--expected-bucket-owner"] if expected_bucket_owner else [])
+        return run_verify(source, read_data=read_data, aws=aws)
+
     report = _run(
-        lambda: run_verify(source, read_data=read_data, aws=aws), lambda: None,
+        verify_it, lambda: None,
         interrupted_hint="",
     )
     if json_output:
@@ -295,6 +374,19 @@ def verify(
 
 
 # --- running a job -----------------------------------------------------------------------------
+
+
+def _aws(
+    region: str | None,
+    profile: str | None,
+    endpoint_url: str | None,
+    s3_endpoint_url: str | None,
+    expected_bucket_owner: str | None,
+) -> AwsOptions:
+    return AwsOptions(
+        region=region, profile=profile, endpoint_url=endpoint_url,
+        s3_endpoint_url=s3_endpoint_url, expected_bucket_owner=expected_bucket_owner,
+    )
 
 
 def _report(summary: dict[str, Any], json_output: bool, line: str) -> None:
@@ -370,6 +462,9 @@ def _run(
     """Run a job with a display, turning ddbpipe errors into one line and exit code 1."""
     try:
         return asyncio.run(_with_display(job, display_factory))
+    except ConfigError as error:  # an option, or a combination of options, that cannot work
+        stderr.print(f"error: {error}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
     except DdbpipeError as error:
         stderr.print(f"error: {error}", highlight=False, markup=False)
         raise typer.Exit(1) from None

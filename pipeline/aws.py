@@ -52,6 +52,7 @@ __all__ = [
     "dynamodb_endpoint",
     "error_from_exception",
     "error_from_reply",
+    "kms_endpoint",
     "one_line",
     "region",
     "s3_endpoint",
@@ -174,6 +175,11 @@ def s3_endpoint(options: AwsOptions) -> str | None:
         or os.environ.get("AWS_ENDPOINT_URL_S3")
         or os.environ.get("AWS_ENDPOINT_URL")
     )
+
+
+def kms_endpoint(options: AwsOptions) -> str | None:
+    """A custom KMS endpoint (``AWS_ENDPOINT_URL_KMS``, as the AWS CLI), or None for AWS's."""
+    return os.environ.get("AWS_ENDPOINT_URL_KMS") or os.environ.get("AWS_ENDPOINT_URL")
 
 
 def credentials(from_session: botocore.session.Session) -> botocore.credentials.Credentials:

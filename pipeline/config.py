@@ -6,7 +6,9 @@ Dask worker unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from .errors import ConfigError
@@ -38,6 +40,205 @@ class AwsOptions:
     profile: str | None = None
     endpoint_url: str | None = None
     s3_endpoint_url: str | None = None
+    #: The AWS account that must own the S3 bucket: every S3 call says so, and S3 refuses
+    #: (403) a bucket that changed hands instead of writing or reading it.
+    expected_bucket_owner: str | None = None
+
+    def __post_init__(self) -> None:
+        owner = self.expected_bucket_owner
+        if owner is not None and not re.fullmatch(r"\d{12}", owner):
+            raise ConfigError(
+                f"--expected-bucket-owner must be a 12-digit AWS account id, not {owner!r}"
+            )
+
+
+Sse = Literal["AES256", "aws:kms", "aws:kms:dsse"]
+StorageClass = Literal[
+    "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER",
+    "DEEP_ARCHIVE",
+]
+LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
+ChecksumAlgorithm = Literal["CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1"]
+
+SSE_ALGORITHMS: tuple[Sse, ...] = ("AES256", "aws:kms", "aws:kms:dsse")
+STORAGE_CLASSES: tuple[StorageClass, ...] = (
+    "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER",
+    "DEEP_ARCHIVE",
+)
+#: Storage classes whose objects must be restored (thawed) before they can be read.
+FROZEN_STORAGE_CLASSES: tuple[StorageClass, ...] = ("GLACIER", "DEEP_ARCHIVE")
+LOCK_MODES: tuple[LockMode, ...] = ("GOVERNANCE", "COMPLIANCE")
+CHECKSUM_ALGORITHMS: tuple[ChecksumAlgorithm, ...] = (
+    "CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1"
+)
+#: S3 allows at most this many tags on one object.
+MAX_OBJECT_TAGS = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchiveOptions:
+    """How S3 keeps what an export writes: encryption, storage class, Object Lock, S3's own
+    checksums and tags. S3 only; every field unset means S3's (or the bucket's) defaults.
+
+    An export applies them by what an object is to it: its shards get all of them
+    (``for_shards``); its manifests all but the storage class, so they stay readable without
+    a restore (``for_manifests``); its transient state only the encryption, checksum and tags,
+    since locked state would linger for the whole retention (``for_state``).
+
+    ``retain_for`` ("7y", "90d") is turned into ``retain_until`` when the export starts
+    (``resolved``), so a resumed export keeps the same date.
+    """
+
+    sse: Sse | None = None
+    sse_kms_key_id: str | None = None
+    sse_bucket_key: bool | None = None
+    storage_class: StorageClass | None = None
+    object_lock_mode: LockMode | None = None
+    retain_until: datetime | None = None
+    retain_for: str | None = None
+    legal_hold: bool = False
+    checksum_algorithm: ChecksumAlgorithm | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_choice("--sse", self.sse, SSE_ALGORITHMS)
+        _check_choice("--storage-class", self.storage_class, STORAGE_CLASSES)
+        _check_choice("--object-lock-mode", self.object_lock_mode, LOCK_MODES)
+        _check_choice("--checksum-algorithm", self.checksum_algorithm, CHECKSUM_ALGORITHMS)
+        uses_kms = self.sse in ("aws:kms", "aws:kms:dsse")
+        if self.sse_kms_key_id is not None and not uses_kms:
+            raise ConfigError("--sse-kms-key-id goes with --sse aws:kms or --sse aws:kms:dsse")
+        if self.sse_bucket_key is not None and not uses_kms:
+            raise ConfigError("--sse-bucket-key goes with --sse aws:kms or --sse aws:kms:dsse")
+        if self.retain_until is not None and self.retain_for is not None:
+            raise ConfigError("give --retain-until or --retain-for, not both")
+        retained = self.retain_until is not None or self.retain_for is not None
+        if self.object_lock_mode is not None and not retained:
+            raise ConfigError("--object-lock-mode needs --retain-until or --retain-for")
+        if retained and self.object_lock_mode is None:
+            raise ConfigError("--retain-until and --retain-for need --object-lock-mode")
+        if self.retain_until is not None and self.retain_until.tzinfo is None:
+            raise ConfigError("retain_until must be a timezone-aware datetime")
+        if self.retain_for is not None:
+            parse_duration(self.retain_for)
+        _check_tags(self.tags)
+
+    @property
+    def given(self) -> list[str]:
+        """The options set, as the command line names them (for messages)."""
+        names = {
+            "sse": "--sse", "sse_kms_key_id": "--sse-kms-key-id",
+            "sse_bucket_key": "--sse-bucket-key", "storage_class": "--storage-class",
+            "object_lock_mode": "--object-lock-mode", "retain_until": "--retain-until",
+            "retain_for": "--retain-for", "checksum_algorithm": "--checksum-algorithm",
+        }
+        given = [flag for name, flag in names.items() if getattr(self, name) is not None]
+        return given + (["--legal-hold"] if self.legal_hold else []) + (
+            ["--tag"] if self.tags else []
+        )
+
+    @property
+    def locks(self) -> bool:
+        """Whether objects are locked: a retention mode or a legal hold."""
+        return self.object_lock_mode is not None or self.legal_hold
+
+    def resolved(self, now: datetime) -> ArchiveOptions:
+        """These options with ``retain_for`` turned into a date counted from ``now``; a
+        retain-until date that is not in the future is refused."""
+        until = self.retain_until
+        if self.retain_for is not None:
+            until = add_duration(now, self.retain_for)
+        if until is not None and until.microsecond:
+            # S3 keeps whole seconds; rounding up never shortens the retention.
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
+        if until is not None and until <= now:
+            raise ConfigError(
+                f"--retain-until {until:%Y-%m-%d} is not in the future: give a later date"
+            )
+        return replace(self, retain_until=until, retain_for=None)
+
+    def for_shards(self) -> ArchiveOptions:
+        return self
+
+    def for_manifests(self) -> ArchiveOptions:
+        return replace(self, storage_class=None)
+
+    def for_state(self) -> ArchiveOptions:
+        return replace(
+            self, storage_class=None, object_lock_mode=None, retain_until=None,
+            retain_for=None, legal_hold=False,
+        )
+
+
+_DURATION = re.compile(r"^([1-9][0-9]{0,4})([dy])$")
+
+
+def parse_duration(text: str) -> tuple[int, str]:
+    """("7y" -> (7, "y")), days or years; anything else is a ConfigError."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigError(f"--retain-for {text!r}: give a number of days or years, e.g. 90d, 7y")
+    return int(match.group(1)), match.group(2)
+
+
+def add_duration(moment: datetime, text: str) -> datetime:
+    """``moment`` plus "90d" or "7y"; years are calendar years (never shorter than 365 days:
+    29 February moves to 1 March)."""
+    count, unit = parse_duration(text)
+    if unit == "d":
+        return moment + timedelta(days=count)
+    try:
+        return moment.replace(year=moment.year + count)
+    except ValueError:  # 29 February in a year that has none
+        return moment.replace(year=moment.year + count, month=3, day=1)
+
+
+def parse_retain_until(text: str) -> datetime:
+    """A date ("2033-12-31", midnight UTC) or an ISO 8601 time ("2033-12-31T12:00:00Z")."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--retain-until {text!r}: give a date like 2033-12-31 or a time like "
+            "2033-12-31T12:00:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (the value may be empty)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise ConfigError(f"--tag {text!r}: give KEY=VALUE")
+    return key, value
+
+
+def _check_tags(tags: tuple[tuple[str, str], ...]) -> None:
+    if len(tags) > MAX_OBJECT_TAGS:
+        raise ConfigError(f"{len(tags)} tags given: S3 allows at most {MAX_OBJECT_TAGS} per object")
+    keys = [key for key, _ in tags]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("a --tag key is given twice: give each key once")
+    for key, value in tags:
+        if not 1 <= len(key) <= 128 or len(value) > 256:
+            raise ConfigError(f"--tag {key}={value}: keys are 1-128 characters, values 0-256")
+
+
+def _check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise ConfigError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
+
+
+def refuse_s3_only(location: str, given: list[str]) -> None:
+    """S3-only options with a local ``location`` are a mistake, said in one line."""
+    if given and not location.startswith("s3://"):
+        raise ConfigError(
+            f"{', '.join(given)} apply to S3 only, and {location} is a local directory: drop "
+            f"{'it' if len(given) == 1 else 'them'} or give an s3:// location"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,8 +260,12 @@ class ExportOptions:
     page_size: int | None = None
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     aws: AwsOptions = field(default_factory=AwsOptions)
+    #: None: none for a new export, whatever the saved export used for --resume.
+    archive: ArchiveOptions | None = None
 
     def __post_init__(self) -> None:
+        owner = ["--expected-bucket-owner"] if self.aws.expected_bucket_owner else []
+        refuse_s3_only(self.destination, (self.archive.given if self.archive else []) + owner)
         if self.format is not None and self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}: use one of {', '.join(FORMATS)}")
         if self.compression is not None and self.compression not in COMPRESSIONS:
@@ -111,6 +316,8 @@ class ImportOptions:
     aws: AwsOptions = field(default_factory=AwsOptions)
 
     def __post_init__(self) -> None:
+        if self.aws.expected_bucket_owner:
+            refuse_s3_only(self.source, ["--expected-bucket-owner"])
         if self.target_wcu is not None and self.target_wcu <= 0:
             raise ConfigError(f"--target-wcu must be a positive number, not {self.target_wcu}")
         if self.without_indexes and not self.create_table:

@@ -12,11 +12,11 @@ import logging
 import math
 import os
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import ExportOptions, default_shard_bytes
+from .config import ArchiveOptions, ExportOptions, default_shard_bytes
 from .dynamo import DynamoClient
 from .errors import DdbpipeError, DestinationExistsError, ResumeError
 from .manifest import (
@@ -143,6 +143,8 @@ async def _prepare(
             )
         plan = decode_plan(await store.get_bytes(STATE_KEY))
         _check_resume_matches(options, plan, store)
+        # Checked again: a key disabled or a lock removed since would fail mid-way.
+        await store.check_archive(plan.archive)
         return plan, await _load_checkpoints(store, plan)
     if unfinished:
         raise DestinationExistsError(
@@ -154,7 +156,8 @@ async def _prepare(
             f"{store.url} already has files under {DATA_PREFIX}: choose an empty destination"
         )
     plan = await _new_plan(options, store, client, description)
-    await store.put_bytes(STATE_KEY, encode_plan(plan))
+    await store.check_archive(plan.archive)
+    await store.put_bytes(STATE_KEY, encode_plan(plan), archive=plan.archive.for_state())
     return plan, [SegmentCheckpoint(segment=s) for s in range(plan.segments)]
 
 
@@ -178,6 +181,9 @@ async def _new_plan(
         start_time=utc_timestamp(client.clock),
         key_attributes=key_attributes(description),
         table=table_schema(description, time_to_live, tags),
+        archive=(options.archive or ArchiveOptions()).resolved(
+            datetime.fromtimestamp(client.clock.time(), UTC)
+        ),
     )
 
 
@@ -192,11 +198,22 @@ def _check_resume_matches(options: ExportOptions, plan: ExportPlan, store: Objec
         )
         if asked is not None and asked != saved
     ]
+    if options.archive is not None and not _same_archive(options.archive, plan.archive):
+        differences.append(f"archive options {', '.join(options.archive.given) or 'none'} "
+                           f"(it has {', '.join(plan.archive.given) or 'none'})")
     if differences:
         raise ResumeError(
             f"the unfinished export at {store.url} differs from what was asked: "
             f"{', '.join(differences)}; resume with the same options or choose a new destination"
         )
+
+
+def _same_archive(asked: ArchiveOptions, saved: ArchiveOptions) -> bool:
+    """Whether a resume asks for the archive options the export started with; a retention
+    given as a duration counts from the start, so only its presence can be compared."""
+    if asked.retain_for is not None:
+        asked = replace(asked, retain_for=None, retain_until=saved.retain_until)
+    return asked == saved
 
 
 async def _load_checkpoints(store: ObjectStore, plan: ExportPlan) -> list[SegmentCheckpoint]:
@@ -254,6 +271,7 @@ async def _run_segments(
             consistent_read=plan.consistent_read,
             shard_bytes=plan.shard_bytes,
             page_size=options.page_size,
+            archive=plan.archive,
         )
         async with running:
             return await run_segment(
@@ -306,7 +324,7 @@ async def _commit(
         shards=shards,
     )
     for key, document in final_documents(manifest, store.bucket, store.root_key):
-        await store.put_bytes(key, document)
+        await store.put_bytes(key, document, archive=plan.archive.for_manifests())
     await _delete_state(store)
     return manifest
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from .config import COMPRESSIONS, FORMATS, Compression, Format
-from .errors import CorruptDataError, FormatVersionError
+from .config import COMPRESSIONS, FORMATS, ArchiveOptions, Compression, Format
+from .errors import ConfigError, CorruptDataError, FormatVersionError
 from .schema import KeyAttributes
 from .storage import ObjectStore
 
@@ -115,6 +116,8 @@ class ExportPlan:
     key_attributes: KeyAttributes
     #: The table's schema, as ``schema.table_schema`` keeps it.
     table: dict[str, Any] = field(default_factory=dict)
+    #: How S3 keeps the export's objects (``retain_for`` already turned into a date).
+    archive: ArchiveOptions = field(default_factory=ArchiveOptions)
 
 
 def segment_state_key(segment: int) -> str:
@@ -139,8 +142,46 @@ def decode_json_object(data: bytes, what: str) -> dict[str, Any]:
     return document
 
 
+def _plan_fields(plan: ExportPlan) -> dict[str, Any]:
+    return {**asdict(plan), "archive": archive_record(plan.archive)}
+
+
 def encode_plan(plan: ExportPlan) -> bytes:
-    return _encode({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **asdict(plan)})
+    return _encode({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **_plan_fields(plan)})
+
+
+def archive_record(archive: ArchiveOptions) -> dict[str, Any]:
+    """The archive options as the manifest records them (docs/FORMAT.md)."""
+    until = archive.retain_until
+    return {
+        "sse": archive.sse,
+        "sse_kms_key_id": archive.sse_kms_key_id,
+        "sse_bucket_key": archive.sse_bucket_key,
+        "storage_class": archive.storage_class,
+        "object_lock_mode": archive.object_lock_mode,
+        "retain_until": until.isoformat().replace("+00:00", "Z") if until else None,
+        "legal_hold": archive.legal_hold,
+        "checksum_algorithm": archive.checksum_algorithm,
+        "tags": dict(archive.tags),
+    }
+
+
+def archive_from_record(record: dict[str, Any] | None) -> ArchiveOptions:
+    """The archive options a manifest or plan records; none recorded (older exports): none."""
+    if not record:
+        return ArchiveOptions()
+    until = record.get("retain_until")
+    return ArchiveOptions(
+        sse=record.get("sse"),
+        sse_kms_key_id=record.get("sse_kms_key_id"),
+        sse_bucket_key=record.get("sse_bucket_key"),
+        storage_class=record.get("storage_class"),
+        object_lock_mode=record.get("object_lock_mode"),
+        retain_until=datetime.fromisoformat(until) if until else None,
+        legal_hold=bool(record.get("legal_hold")),
+        checksum_algorithm=record.get("checksum_algorithm"),
+        tags=tuple((record.get("tags") or {}).items()),
+    )
 
 
 def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
@@ -151,11 +192,12 @@ def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
             **{
                 name: document[name]
                 for name in ExportPlan.__dataclass_fields__
-                if name != "key_attributes"
+                if name not in ("key_attributes", "archive")
             },
             key_attributes=tuple((n, t) for n, t in document["key_attributes"]),
+            archive=archive_from_record(document.get("archive")),
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CorruptDataError(f"{what} is missing or has a wrong field ({error})") from None
     # Checked here, once, so everything downstream may trust the plan's format and compression.
     if plan.data_format not in FORMATS or plan.compression not in COMPRESSIONS:
@@ -232,7 +274,7 @@ class ExportManifest:
 
 
 def encode_manifest(manifest: ExportManifest) -> bytes:
-    plan = asdict(manifest.plan)
+    plan = _plan_fields(manifest.plan)
     table = plan.pop("table")
     return _encode(
         {
@@ -345,6 +387,10 @@ def aws_manifest_files(manifest: ExportManifest, root_key: Any) -> bytes:
     return b"".join(line + b"\n" for line in lines)
 
 
+#: How AWS's export summary names an SSE algorithm (it has no name for DSSE).
+_AWS_SSE_NAMES = {"AES256": "AES256", "aws:kms": "KMS"}
+
+
 def aws_manifest_summary(manifest: ExportManifest, bucket: str | None, root_key: Any) -> bytes:
     plan = manifest.plan
     files_key = root_key(AWS_FILES_KEY)
@@ -361,8 +407,8 @@ def aws_manifest_summary(manifest: ExportManifest, bucket: str | None, root_key:
             "exportTime": plan.start_time,
             "s3Bucket": bucket,
             "s3Prefix": prefix or None,
-            "s3SseAlgorithm": None,
-            "s3SseKmsKeyId": None,
+            "s3SseAlgorithm": _AWS_SSE_NAMES.get(plan.archive.sse or ""),
+            "s3SseKmsKeyId": plan.archive.sse_kms_key_id,
             "manifestFilesS3Key": files_key,
             "billedSizeBytes": manifest.raw_bytes,
             "itemCount": manifest.item_count,

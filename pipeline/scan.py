@@ -8,11 +8,11 @@ raw Scan page -> items sliced out of the reply bytes -> shard writer -> store ->
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .codec import decode_scan_page
-from .config import Compression, Format
+from .config import ArchiveOptions, Compression, Format
 from .dynamo import DynamoClient
 from .manifest import SegmentCheckpoint, ShardEntry, encode_checkpoint, segment_state_key
 from .progress import JobProgress
@@ -35,6 +35,8 @@ class SegmentTask:
     consistent_read: bool
     shard_bytes: int
     page_size: int | None = None
+    #: How S3 keeps what the segment writes (shards, and its checkpoints as state).
+    archive: ArchiveOptions = field(default_factory=ArchiveOptions)
 
 
 @dataclass
@@ -144,7 +146,9 @@ class _SegmentScan:
             self.task.segment, self.checkpoint.next_seq, self.task.format, self.task.compression
         )
         # put_file takes the temp file over: it is gone afterwards, stored or not.
-        stored = await self.res.store.put_file(key, finished.path, md5_hex=finished.md5_hex)
+        stored = await self.res.store.put_file(
+            key, finished.path, md5_hex=finished.md5_hex, archive=self.task.archive.for_shards()
+        )
         entry = ShardEntry(
             key=key,
             segment=self.task.segment,
@@ -163,5 +167,7 @@ class _SegmentScan:
 
     async def _save_checkpoint(self) -> None:
         await self.res.store.put_bytes(
-            segment_state_key(self.task.segment), encode_checkpoint(self.checkpoint)
+            segment_state_key(self.task.segment),
+            encode_checkpoint(self.checkpoint),
+            archive=self.task.archive.for_state(),
         )

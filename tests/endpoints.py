@@ -51,7 +51,10 @@ async def serving_app(
 class FaultyS3Proxy:
     """Fails the first ``faults`` requests with an S3 error reply, forwards the rest upstream.
 
-    ``requests`` counts every request received, failed or forwarded.
+    ``requests`` counts every request received, failed or forwarded; ``seen`` keeps each
+    one's method, path and headers. With ``bucket_owner`` it also does what S3 does for a
+    bucket of that account: a request that names another expected bucket owner is refused
+    with 403 AccessDenied.
     """
 
     def __init__(
@@ -63,27 +66,34 @@ class FaultyS3Proxy:
         status: int,
         code: str,
         message: str,
+        bucket_owner: str | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.session = session
         self.faults, self.status, self.code, self.message = faults, status, code, message
+        self.bucket_owner = bucket_owner
         self.requests = 0
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.endpoint = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.seen.append((request.method, request.path, dict(request.headers)))
         body = await request.read()  # read in full either way, so the connection stays usable
         if self.requests <= self.faults:
-            return self._error_reply()
+            return self._error_reply(self.status, self.code, self.message)
+        expected = request.headers.get("x-amz-expected-bucket-owner")
+        if self.bucket_owner and expected and expected != self.bucket_owner:
+            return self._error_reply(403, "AccessDenied", "Access Denied")
         return await self._forward(request, body)
 
-    def _error_reply(self) -> web.Response:
+    def _error_reply(self, status: int, code: str, message: str) -> web.Response:
         xml = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{self.code}</Code><Message>{self.message}</Message>"
+            f"<Error><Code>{code}</Code><Message>{message}</Message>"
             "<RequestId>faulty-s3-proxy</RequestId></Error>"
         )
-        return web.Response(status=self.status, body=xml.encode(), content_type="application/xml")
+        return web.Response(status=status, body=xml.encode(), content_type="application/xml")
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -108,11 +118,13 @@ async def faulty_s3_proxy(
     status: int = 503,
     code: str = "SlowDown",
     message: str = "Please reduce your request rate.",
+    bucket_owner: str | None = None,
 ) -> AsyncIterator[FaultyS3Proxy]:
     """A ``FaultyS3Proxy`` in front of the S3 endpoint ``upstream``; ``.endpoint`` is its URL."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         proxy = FaultyS3Proxy(
-            upstream, session, faults=faults, status=status, code=code, message=message
+            upstream, session, faults=faults, status=status, code=code, message=message,
+            bucket_owner=bucket_owner,
         )
         # Big enough for a whole multipart part in one request body.
         app = web.Application(client_max_size=128 * 1024 * 1024)

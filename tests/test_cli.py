@@ -123,7 +123,7 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path, endpoint: str) ->
     assert line.startswith("error: ") and "missing-table" in line
     assert not (tmp_path / "d").exists()
     bad = run("export", "t", str(tmp_path / "d"), "--format", "csv", "--endpoint-url", endpoint)
-    assert bad.returncode == 1 and "unknown format 'csv'" in bad.stderr
+    assert bad.returncode == 2 and "unknown format 'csv'" in bad.stderr
 
 
 def test_help_teaches_the_options() -> None:
@@ -176,3 +176,42 @@ def test_killed_export_resumes_to_exactly_the_table(
     assert json.loads(result.stdout)["items"] == 6000
     assert sorted_items(read_local_export(dest)) == sorted_items(scan_table(dynamodb_client, table))
     assert run("verify", str(dest), "--read-data").returncode == 0
+
+
+def test_s3_only_options_with_a_local_destination_are_bad_usage(tmp_path: Path) -> None:
+    dest = tmp_path / "local"
+    result = run("export", "orders", str(dest), "--sse", "AES256", "--tag", "a=b")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --sse, --tag apply to S3 only, and {dest} is a local directory: drop them or "
+        "give an s3:// location"
+    ]
+    owner = run("import", str(tmp_path), "orders", "--expected-bucket-owner", "111122223333")
+    assert owner.returncode == 2 and "--expected-bucket-owner apply to S3 only" in owner.stderr
+    assert not dest.exists()
+
+
+def test_archive_options_that_cannot_work_are_one_line_and_bad_usage(tmp_path: Path) -> None:
+    for args, message in (
+        (["--storage-class", "FROZEN"], "unknown --storage-class 'FROZEN': use one of STANDARD"),
+        (["--object-lock-mode", "COMPLIANCE"], "needs --retain-until or --retain-for"),
+        (["--object-lock-mode", "GOVERNANCE", "--retain-until", "31/12/2033"],
+         "give a date like 2033-12-31"),
+        (["--tag", "novalue"], "--tag 'novalue': give KEY=VALUE"),
+        (["--expected-bucket-owner", "me"], "must be a 12-digit AWS account id"),
+    ):
+        result = run("export", "orders", "s3://bucket/x", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_export_help_shows_the_archive_options_together() -> None:
+    # Wide enough that the help's table shows every option name whole.
+    result = subprocess.run([*DDBPIPE, "export", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "TERMINAL_WIDTH": "120"}, timeout=60)
+    assert result.returncode == 0
+    assert "S3 archive options" in result.stdout
+    for option in ("--sse", "--sse-kms-key-id", "--sse-bucket-key", "--storage-class",
+                   "--object-lock-mode", "--retain-until", "--retain-for", "--legal-hold",
+                   "--checksum-algorithm", "--tag", "--expected-bucket-owner"):
+        assert option in result.stdout

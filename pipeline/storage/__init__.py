@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self
 
-from ..config import AwsOptions
+from ..config import ArchiveOptions, AwsOptions, refuse_s3_only
 from ..errors import ConfigError, StorageError
 from ..retry import Clock
 
@@ -78,13 +78,30 @@ class ObjectStore(Protocol):
         """Fail early and clearly: missing bucket, no access, DEST is a file, nothing to read."""
         ...
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        """Store ``data`` at ``key`` atomically, replacing what was there."""
+    async def check_archive(self, archive: ArchiveOptions) -> None:
+        """Refuse, before anything is written, archive options this store cannot honour
+        (a bucket without Object Lock, a KMS key these credentials may not use; any archive
+        option on a store that is not S3)."""
         ...
 
-    async def put_file(self, key: str, path: str, *, md5_hex: str | None = None) -> ObjectInfo:
+    async def put_bytes(
+        self, key: str, data: bytes, *, archive: ArchiveOptions | None = None
+    ) -> ObjectInfo:
+        """Store ``data`` at ``key`` atomically, replacing what was there, kept as ``archive``
+        says (S3: encryption, storage class, lock, checksum, tags)."""
+        ...
+
+    async def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        md5_hex: str | None = None,
+        archive: ArchiveOptions | None = None,
+    ) -> ObjectInfo:
         """Store the file at ``path``, which the store takes over: it is gone afterwards,
-        whether or not the put succeeded. ``md5_hex`` spares a second read of the file."""
+        whether or not the put succeeded. ``md5_hex`` spares a second read of the file;
+        ``archive`` as for ``put_bytes``."""
         ...
 
     async def get_bytes(self, key: str) -> bytes:
@@ -177,7 +194,15 @@ def check_key(key: str) -> str:
 
 
 class ClosingStore:
-    """``async with store:`` closes the store at the end; ``close`` does nothing by default."""
+    """``async with store:`` closes the store at the end; ``close`` does nothing by default.
+
+    Archive options are S3's: ``check_archive`` refuses them by default.
+    """
+
+    url: str
+
+    async def check_archive(self, archive: ArchiveOptions) -> None:
+        refuse_s3_only(self.url, archive.given)
 
     async def close(self) -> None:
         return None

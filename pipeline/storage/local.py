@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from ..config import ArchiveOptions
 from ..errors import StorageError
 from . import (
     DEFAULT_CHUNK_SIZE,
@@ -74,11 +75,20 @@ class LocalStore(ClosingStore):
     async def ensure_ready(self, *, for_write: bool) -> None:
         await asyncio.to_thread(self._check_writable if for_write else self._check_readable)
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    async def put_bytes(
+        self, key: str, data: bytes, *, archive: ArchiveOptions | None = None
+    ) -> ObjectInfo:
         await asyncio.to_thread(write_file_atomically, self.path_of(key), data)
         return ObjectInfo(key=key, size=len(data), etag=hex_md5(data))
 
-    async def put_file(self, key: str, path: str, *, md5_hex: str | None = None) -> ObjectInfo:
+    async def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        md5_hex: str | None = None,
+        archive: ArchiveOptions | None = None,
+    ) -> ObjectInfo:
         try:
             target = self.path_of(key)
             with _local_errors("write", target):

@@ -7,6 +7,7 @@ import builtins
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..config import ArchiveOptions
 from ..errors import StorageError
 from . import DEFAULT_CHUNK_SIZE, ClosingStore, ObjectInfo, check_key, hex_md5, remove_quietly
 
@@ -32,12 +33,21 @@ class MemoryStore(ClosingStore):
         if not for_write and not self.objects:
             raise StorageError(f"nothing at {self.url}: the store holds no objects")
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    async def put_bytes(
+        self, key: str, data: bytes, *, archive: ArchiveOptions | None = None
+    ) -> ObjectInfo:
         data = bytes(data)
         self.objects[check_key(key)] = (data, hex_md5(data))
         return self._info(key)
 
-    async def put_file(self, key: str, path: str, *, md5_hex: str | None = None) -> ObjectInfo:
+    async def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        md5_hex: str | None = None,
+        archive: ArchiveOptions | None = None,
+    ) -> ObjectInfo:
         try:
             data = await asyncio.to_thread(Path(path).read_bytes)
         except OSError as exc:

@@ -34,6 +34,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
+from urllib.parse import urlencode
 
 import botocore.exceptions as boto_errors
 from aiobotocore.config import AioConfig
@@ -41,8 +42,8 @@ from aiobotocore.session import AioSession
 from botocore import xform_name
 
 from .. import aws
-from ..config import AwsOptions
-from ..errors import ConfigError, DdbpipeError, StorageError
+from ..config import ArchiveOptions, AwsOptions
+from ..errors import AccessDeniedError, ConfigError, DdbpipeError, StorageError
 from ..retry import Attempts, Clock, RetryPolicy, SystemClock
 from . import DEFAULT_CHUNK_SIZE, ClosingStore, ObjectInfo, check_key, remove_quietly
 from .uploads import put_object, unquote_etag, upload_file
@@ -137,12 +138,34 @@ class S3Store(ClosingStore):
 
     # -- objects -------------------------------------------------------------------------------
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        return await put_object(self, key, data, _md5(data))
+    async def check_archive(self, archive: ArchiveOptions) -> None:
+        if archive.locks and not await self._object_lock_enabled():
+            raise ConfigError(
+                f"S3 bucket '{self.bucket_name}' does not have Object Lock enabled, so "
+                f"{', '.join(f for f in archive.given if f in _LOCK_FLAGS)} cannot be applied: "
+                "export to a bucket created with Object Lock enabled (or enable it on this "
+                "one: versioning, then PutObjectLockConfiguration), or drop the lock options"
+            )
+        if archive.sse_kms_key_id is not None:
+            await self._check_kms_key(archive.sse_kms_key_id)
 
-    async def put_file(self, key: str, path: str, *, md5_hex: str | None = None) -> ObjectInfo:
+    async def put_bytes(
+        self, key: str, data: bytes, *, archive: ArchiveOptions | None = None
+    ) -> ObjectInfo:
+        return await put_object(self, key, data, _md5(data), archive)
+
+    async def put_file(
+        self,
+        key: str,
+        path: str,
+        *,
+        md5_hex: str | None = None,
+        archive: ArchiveOptions | None = None,
+    ) -> ObjectInfo:
         try:
-            return await upload_file(self, check_key(key), path, md5_hex, self._upload_slots)
+            return await upload_file(
+                self, check_key(key), path, md5_hex, self._upload_slots, archive
+            )
         finally:
             remove_quietly(path)  # it is ours now, stored or not
 
@@ -208,12 +231,14 @@ class S3Store(ClosingStore):
 
     # -- the one way out -----------------------------------------------------------------------
 
-    async def create_object(self, action: str, key: str, **params: Any) -> Any:
-        """A call that creates the object ``key`` (PutObject, CreateMultipartUpload).
-
-        Write options every new object gets belong here, merged into ``params``.
-        """
-        return await self.request(action, key, Key=self.root_key(key), **params)
+    async def create_object(
+        self, action: str, key: str, archive: ArchiveOptions | None, **params: Any
+    ) -> Any:
+        """A call that creates the object ``key`` (PutObject, CreateMultipartUpload), kept as
+        ``archive`` says."""
+        return await self.request(
+            action, key, Key=self.root_key(key), **object_params(archive), **params
+        )
 
     async def request(
         self, action: str, key: str | None, *, none_if: tuple[str, ...] = (), **params: Any
@@ -224,6 +249,9 @@ class S3Store(ClosingStore):
         ``key`` (or the store), except that the error codes in ``none_if`` return None.
         """
         client = await self._get_client()
+        if self.aws.expected_bucket_owner:
+            # A bucket that changed hands is refused (403) instead of written or read.
+            params["ExpectedBucketOwner"] = self.aws.expected_bucket_owner
         try:
             return await getattr(client, xform_name(action))(Bucket=self.bucket_name, **params)
         except boto_errors.ClientError as exc:
@@ -232,6 +260,34 @@ class S3Store(ClosingStore):
             raise self._error(exc, action, key) from exc
         except (boto_errors.BotoCoreError, *aws.NETWORK_ERRORS) as exc:
             raise self._error(exc, action, key) from exc
+
+    async def _object_lock_enabled(self) -> bool:
+        reply = await self.request(
+            "GetObjectLockConfiguration", None, none_if=("ObjectLockConfigurationNotFoundError",)
+        )
+        configuration = (reply or {}).get("ObjectLockConfiguration") or {}
+        return bool(configuration.get("ObjectLockEnabled") == "Enabled")
+
+    async def _check_kms_key(self, key_id: str) -> None:
+        """The key exists and these credentials may use it, as S3 will on every put: asking
+        KMS for a data key is what S3 does on our behalf."""
+        session = aws.session(self.aws, AioSession)
+        region = aws.region(self.aws, session)
+        endpoint = aws.kms_endpoint(self.aws)
+        call = aws.AwsCall("kms", "GenerateDataKey", resource=key_id, region=region)
+        try:
+            async with session.create_client(
+                "kms", region_name=region, endpoint_url=endpoint
+            ) as kms:
+                await kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+        except (boto_errors.ClientError, boto_errors.BotoCoreError, *aws.NETWORK_ERRORS) as exc:
+            error = aws.error_from_exception(call, exc, endpoint or "AWS KMS")
+            if isinstance(error, AccessDeniedError) or error.transient:
+                raise error from exc
+            raise ConfigError(
+                f"KMS key {key_id!r} cannot encrypt this export in region {region} ({error}): "
+                "check --sse-kms-key-id and --region"
+            ) from exc
 
     def _error(self, exc: BaseException, action: str, key: str | None) -> DdbpipeError:
         call = aws.AwsCall("s3", action, resource=self.bucket_name, location=self.where(key))
@@ -252,6 +308,36 @@ class S3Store(ClosingStore):
                 f"cannot use S3 endpoint {aws.s3_endpoint(self.aws)!r} for {self.url}: "
                 f"{aws.one_line(exc)}; check --endpoint-url / AWS_ENDPOINT_URL_S3"
             ) from exc
+
+
+_LOCK_FLAGS = ("--object-lock-mode", "--retain-until", "--retain-for", "--legal-hold")
+
+
+def object_params(archive: ArchiveOptions | None) -> dict[str, Any]:
+    """The PutObject / CreateMultipartUpload parameters that keep an object as ``archive``
+    says. Object Lock also needs an integrity header on each put: every put sends its
+    Content-MD5 (see ``uploads``)."""
+    if archive is None:
+        return {}
+    params: dict[str, Any] = {}
+    if archive.sse is not None:
+        params["ServerSideEncryption"] = archive.sse
+    if archive.sse_kms_key_id is not None:
+        params["SSEKMSKeyId"] = archive.sse_kms_key_id
+    if archive.sse_bucket_key is not None:
+        params["BucketKeyEnabled"] = archive.sse_bucket_key
+    if archive.storage_class is not None:
+        params["StorageClass"] = archive.storage_class
+    if archive.object_lock_mode is not None and archive.retain_until is not None:
+        params["ObjectLockMode"] = archive.object_lock_mode
+        params["ObjectLockRetainUntilDate"] = archive.retain_until
+    if archive.legal_hold:
+        params["ObjectLockLegalHoldStatus"] = "ON"
+    if archive.checksum_algorithm is not None:
+        params["ChecksumAlgorithm"] = archive.checksum_algorithm
+    if archive.tags:
+        params["Tagging"] = urlencode(archive.tags)
+    return params
 
 
 def _md5(data: bytes) -> bytes:

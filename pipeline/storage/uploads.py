@@ -6,8 +6,12 @@ Every body goes up with its Content-MD5, so S3 refuses one damaged on the way. A
 upload, since the parts of an unfinished upload are billed until then.
 
 The calls go through the store (``S3Calls``, which ``S3Store`` is): object-creating calls
-through its ``create_object``, the others through its ``request``, so they are retried and
-their errors translated like every other S3 call.
+through its ``create_object``, which applies the archive options, the others through its
+``request``, so they are retried and their errors translated like every other S3 call.
+
+With an additional checksum algorithm (``ArchiveOptions.checksum_algorithm``) botocore computes
+each body's checksum as it is sent and S3 checks it on arrival; a multipart upload sends each
+part's, and its completion lists them, for a whole-object checksum where S3 offers one (CRCs).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..config import ArchiveOptions
 from ..errors import DdbpipeError, StorageError
 from . import MiB, ObjectInfo
 
@@ -57,27 +62,38 @@ class S3Calls(Protocol):
         self, action: str, key: str | None, *, none_if: tuple[str, ...] = (), **params: Any
     ) -> Any: ...
 
-    async def create_object(self, action: str, key: str, **params: Any) -> Any: ...
+    async def create_object(
+        self, action: str, key: str, archive: ArchiveOptions | None, **params: Any
+    ) -> Any: ...
 
     async def head(self, key: str) -> ObjectInfo | None: ...
 
 
-async def put_object(store: S3Calls, key: str, data: bytes, md5: bytes) -> ObjectInfo:
+async def put_object(
+    store: S3Calls, key: str, data: bytes, md5: bytes, archive: ArchiveOptions | None
+) -> ObjectInfo:
     """One PutObject of ``data``, whose MD5 digest is ``md5``."""
-    reply = await store.create_object("PutObject", key, Body=data, ContentMD5=_base64(md5))
+    reply = await store.create_object(
+        "PutObject", key, archive, Body=data, ContentMD5=_base64(md5)
+    )
     return ObjectInfo(key=key, size=len(data), etag=unquote_etag(reply["ETag"]))
 
 
 async def upload_file(
-    store: S3Calls, key: str, path: str, md5_hex: str | None, slots: asyncio.Semaphore
+    store: S3Calls,
+    key: str,
+    path: str,
+    md5_hex: str | None,
+    slots: asyncio.Semaphore,
+    archive: ArchiveOptions | None,
 ) -> ObjectInfo:
     """Upload the file at ``path``; each body read into memory holds one of ``slots``."""
     size = _upload_size(path)
     if size > MULTIPART_THRESHOLD:
-        return await _MultipartUpload(store, key, path, size, slots).run()
+        return await _MultipartUpload(store, key, path, size, slots, archive).run()
     async with slots:
         data, md5 = await asyncio.to_thread(_read_part, path, 0, size, md5_hex)
-        return await put_object(store, key, data, md5)
+        return await put_object(store, key, data, md5, archive)
 
 
 def unquote_etag(etag: str) -> str:
@@ -89,6 +105,12 @@ class _Part:
     number: int
     etag: str
     md5: bytes
+    #: S3's additional checksum of the part (``{"ChecksumCRC32": ...}``), if one was asked.
+    checksum: dict[str, str] = field(default_factory=dict)
+
+    def completed(self) -> dict[str, Any]:
+        """The part as CompleteMultipartUpload lists it."""
+        return {"PartNumber": self.number, "ETag": self.etag, **self.checksum}
 
 
 @dataclass
@@ -98,10 +120,19 @@ class _MultipartUpload:
     path: str
     size: int
     slots: asyncio.Semaphore
+    archive: ArchiveOptions | None
     upload_id: str = field(default="", init=False)
 
+    @property
+    def checksum_algorithm(self) -> str | None:
+        return self.archive.checksum_algorithm if self.archive is not None else None
+
     async def run(self) -> ObjectInfo:
-        created = await self.store.create_object("CreateMultipartUpload", self.key)
+        algorithm = self.checksum_algorithm
+        created = await self.store.create_object(
+            "CreateMultipartUpload", self.key, self.archive,
+            **({"ChecksumType": checksum_type(algorithm)} if algorithm else {}),
+        )
         self.upload_id = created["UploadId"]
         try:
             etag = await self._complete(await self._upload_parts())
@@ -132,7 +163,9 @@ class _MultipartUpload:
         return sorted(parts, key=lambda part: part.number)
 
     async def _upload_part(self, number: int, offset: int, length: int) -> _Part:
-        # Write options S3 wants on every part too (e.g. a checksum algorithm) go here.
+        # Write options S3 wants on every part too (the checksum algorithm) go here.
+        algorithm = self.checksum_algorithm
+        part_options: dict[str, Any] = {"ChecksumAlgorithm": algorithm} if algorithm else {}
         async with self.slots:
             data, md5 = await asyncio.to_thread(_read_part, self.path, offset, length, None)
             reply = await self.store.request(
@@ -143,8 +176,12 @@ class _MultipartUpload:
                 PartNumber=number,
                 Body=data,
                 ContentMD5=_base64(md5),
+                **part_options,
             )
-        return _Part(number=number, etag=reply["ETag"], md5=md5)
+        checksum = {} if algorithm is None else {
+            f"Checksum{algorithm}": reply[f"Checksum{algorithm}"]
+        }
+        return _Part(number=number, etag=reply["ETag"], md5=md5, checksum=checksum)
 
     async def _complete(self, parts: list[_Part]) -> str:
         reply = await self.store.request(
@@ -154,7 +191,7 @@ class _MultipartUpload:
             none_if=("NoSuchUpload",),
             Key=self.store.root_key(self.key),
             UploadId=self.upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+            MultipartUpload={"Parts": [part.completed() for part in parts]},
         )
         if reply is not None:
             return unquote_etag(reply["ETag"])
@@ -183,6 +220,16 @@ class _MultipartUpload:
                 self.store.where(self.key),
                 exc,
             )
+
+
+#: S3's additional checksums that can be whole-object checksums of a multipart upload.
+_FULL_OBJECT_CHECKSUMS = ("CRC64NVME", "CRC32C", "CRC32")
+
+
+def checksum_type(algorithm: str) -> str:
+    """How S3 checks a multipart upload's additional checksum: the whole object's where the
+    algorithm allows it (CRCs), else the checksum of the part checksums."""
+    return "FULL_OBJECT" if algorithm in _FULL_OBJECT_CHECKSUMS else "COMPOSITE"
 
 
 def _part_size(size: int) -> int:
