@@ -105,6 +105,8 @@ ERROR_CODES: dict[str, type[DdbpipeError]] = {
     "NoSuchUpload": StorageError,
     # A conditional read found another version of the object.
     "PreconditionFailed": StorageError,
+    # An archived object (GLACIER, DEEP_ARCHIVE) read before it was restored.
+    "InvalidObjectState": StorageError,
 }
 
 #: Errors of the connection itself, raised while a request or reply is on its way.
@@ -276,6 +278,10 @@ def error_from_reply(call: AwsCall, status: int, code: str, message: str = "") -
         where = call.location or call.resource
         if code == "PreconditionFailed":
             return StorageError(f"{where} changed while it was read ({call}): read it again")
+        if code == "InvalidObjectState":
+            return StorageError(
+                f"{where} is archived and not restored ({call}): thaw it first (ddbpipe thaw)"
+            )
         return StorageError(f"{where} not found ({call}): check the key and DEST/SOURCE")
     return AwsRequestError(f"{call} was refused ({detail})", **fields)
 

@@ -115,6 +115,7 @@ def test_http_429_without_a_known_code_is_a_throttle(call: AwsCall) -> None:
         (S3_PUT, 403, "", AccessDeniedError),
         (S3_PUT, 404, "NoSuchKey", StorageError),
         (S3_PUT, 412, "PreconditionFailed", StorageError),
+        (S3_PUT, 403, "InvalidObjectState", StorageError),
         (DYNAMODB_SCAN, 500, "InternalServerError", ServiceUnavailableError),
         (DYNAMODB_SCAN, 400, "ResourceNotFoundException", TableNotFoundError),
         (DYNAMODB_SCAN, 400, "AccessDeniedException", AccessDeniedError),

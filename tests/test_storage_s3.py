@@ -428,3 +428,28 @@ def test_s3_a_read_that_keeps_dropping_gives_up(s3_options: AwsOptions, s3_bucke
         assert len(clock.sleeps) == NO_WAIT.max_attempts - 1  # paced by the store's clock
 
     run(make_store, scenario)
+
+
+def test_an_archived_object_is_frozen_until_restored(s3_store: StoreFactory) -> None:
+    from ddbpipe.config import ArchiveOptions
+
+    async def scenario(store: S3Store) -> None:
+        await store.put_bytes("data/cold", b"x" * 100,
+                              archive=ArchiveOptions(storage_class="DEEP_ARCHIVE"))
+        await store.put_bytes("data/warm", b"y" * 100,
+                              archive=ArchiveOptions(storage_class="GLACIER_IR"))
+        listed = {info.key: info for info in await store.list("data/")}
+        assert listed["data/cold"].storage_class == "DEEP_ARCHIVE"
+        assert listed["data/warm"].storage_class == "GLACIER_IR"
+        cold = await store.head("data/cold")
+        assert cold is not None and cold.frozen and cold.restore is None
+        assert not listed["data/warm"].frozen  # Glacier Instant Retrieval reads at once
+        with pytest.raises(StorageError, match="archived and not restored.*ddbpipe thaw"):
+            await store.get_bytes("data/cold")
+        assert await store.request_restore("data/cold", days=2, tier="Bulk")
+        thawed = await store.head("data/cold")
+        assert thawed is not None and thawed.restore is not None
+        if thawed.restore == "restored":
+            assert not thawed.frozen and await store.get_bytes("data/cold") == b"x" * 100
+
+    run(s3_store, scenario)

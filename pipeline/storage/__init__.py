@@ -28,9 +28,9 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
-from ..config import ArchiveOptions, AwsOptions, refuse_s3_only
+from ..config import FROZEN_STORAGE_CLASSES, ArchiveOptions, AwsOptions, refuse_s3_only
 from ..errors import ConfigError, StorageError
 from ..retry import Clock
 
@@ -52,11 +52,27 @@ DEFAULT_CHUNK_SIZE = 1 * MiB
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object. ``etag`` has no quotes; for local/memory it is the hex MD5."""
+    """One stored object. ``etag`` has no quotes; for local/memory it is the hex MD5.
+
+    ``storage_class`` is S3's (STANDARD elsewhere). ``restore`` says where a restore of an
+    archived object stands, as ``head`` reads it: None when none was asked for (or it
+    expired), "in-progress", or "restored" (a readable copy exists for now).
+    """
 
     key: str
     size: int
     etag: str
+    storage_class: str = "STANDARD"
+    restore: RestoreState | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the object cannot be read until it is restored (thawed)."""
+        return self.storage_class in FROZEN_STORAGE_CLASSES and self.restore != "restored"
+
+
+#: Where the restore of an archived object stands.
+RestoreState = Literal["in-progress", "restored"]
 
 
 class ObjectStore(Protocol):
@@ -125,6 +141,12 @@ class ObjectStore(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is fine."""
+        ...
+
+    async def request_restore(self, key: str, *, days: int, tier: str) -> bool:
+        """Ask for a readable copy of the archived object ``key`` for ``days`` days, restored
+        at ``tier`` (Bulk, Standard, Expedited); False if a restore is already under way.
+        Only S3 holds archived objects."""
         ...
 
     async def close(self) -> None: ...
@@ -203,6 +225,9 @@ class ClosingStore:
 
     async def check_archive(self, archive: ArchiveOptions) -> None:
         refuse_s3_only(self.url, archive.given)
+
+    async def request_restore(self, key: str, *, days: int, tier: str) -> bool:
+        raise ConfigError(f"{self.url} is not on S3: nothing there is archived or needs a thaw")
 
     async def close(self) -> None:
         return None

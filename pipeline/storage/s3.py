@@ -45,7 +45,14 @@ from .. import aws
 from ..config import ArchiveOptions, AwsOptions
 from ..errors import AccessDeniedError, ConfigError, DdbpipeError, StorageError
 from ..retry import Attempts, Clock, RetryPolicy, SystemClock
-from . import DEFAULT_CHUNK_SIZE, ClosingStore, ObjectInfo, check_key, remove_quietly
+from . import (
+    DEFAULT_CHUNK_SIZE,
+    ClosingStore,
+    ObjectInfo,
+    RestoreState,
+    check_key,
+    remove_quietly,
+)
 from .uploads import put_object, unquote_etag, upload_file
 
 __all__ = ["DEFAULT_RETRY", "ClientFactory", "S3Store", "default_client_factory"]
@@ -199,7 +206,13 @@ class S3Store(ClosingStore):
         )
         if reply is None:
             return None
-        return ObjectInfo(key=key, size=reply["ContentLength"], etag=unquote_etag(reply["ETag"]))
+        return ObjectInfo(
+            key=key,
+            size=reply["ContentLength"],
+            etag=unquote_etag(reply["ETag"]),
+            storage_class=reply.get("StorageClass") or "STANDARD",
+            restore=_restore_state(reply.get("Restore")),
+        )
 
     async def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         infos: builtins.list[ObjectInfo] = []
@@ -216,9 +229,24 @@ class S3Store(ClosingStore):
     async def delete(self, key: str) -> None:
         await self.request("DeleteObject", key, Key=self.root_key(key))
 
+    async def request_restore(self, key: str, *, days: int, tier: str) -> bool:
+        reply = await self.request(
+            "RestoreObject",
+            key,
+            none_if=("RestoreAlreadyInProgress",),
+            Key=self.root_key(key),
+            RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+        )
+        return reply is not None
+
     def _listed(self, item: dict[str, Any]) -> ObjectInfo:
         key = item["Key"][len(self.prefix) :]
-        return ObjectInfo(key=key, size=item["Size"], etag=unquote_etag(item["ETag"]))
+        return ObjectInfo(
+            key=key,
+            size=item["Size"],
+            etag=unquote_etag(item["ETag"]),
+            storage_class=item.get("StorageClass") or "STANDARD",
+        )
 
     async def _get_object(self, key: str, offset: int, etag: str) -> dict[str, Any]:
         params: dict[str, Any] = {"Key": self.root_key(key)}
@@ -338,6 +366,14 @@ def object_params(archive: ArchiveOptions | None) -> dict[str, Any]:
     if archive.tags:
         params["Tagging"] = urlencode(archive.tags)
     return params
+
+
+def _restore_state(header: str | None) -> RestoreState | None:
+    """S3's x-amz-restore header: ``ongoing-request="true"`` while a restore runs,
+    ``ongoing-request="false", expiry-date="..."`` once the copy is readable."""
+    if not header:
+        return None
+    return "in-progress" if 'ongoing-request="true"' in header else "restored"
 
 
 def _md5(data: bytes) -> bytes:
