@@ -7,26 +7,18 @@ Exit codes: 0 done; 1 the job failed or found problems (the reason is printed on
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import sys
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, TypeVar, cast
+from collections.abc import Coroutine
+from typing import Annotated, Any, cast
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from ddbpipe.catalog import ListedExport, run_list
 from ddbpipe.config import (
+    DEFAULT_RESTORE_DAYS,
+    DEFAULT_RESTORE_TIER,
+    RESTORE_TIERS,
     ArchiveOptions,
     AwsOptions,
     ChecksumAlgorithm,
@@ -41,12 +33,27 @@ from ddbpipe.config import (
     parse_tag,
     refuse_s3_only,
 )
-from ddbpipe.errors import ConfigError, DdbpipeError
+from ddbpipe.drill import drill_settings
 from ddbpipe.export_job import run_export
 from ddbpipe.import_job import run_import
 from ddbpipe.progress import JobProgress
+from ddbpipe.thaw import ThawSummary, run_thaw
 from ddbpipe.verify_job import VerifyReport, run_verify
 from ddbpipe.version import VERSION
+
+from .output import (
+    JobDisplay,
+    export_detail,
+    import_detail,
+    mb,
+    print_catalog,
+    print_verify,
+    report,
+    run_job,
+    say,
+    thaw_outcome,
+    thaw_waiting,
+)
 
 app = typer.Typer(
     name="ddbpipe",
@@ -60,10 +67,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# soft_wrap: a message stays one line however narrow the terminal (scripts grep for it).
-stderr = Console(stderr=True, soft_wrap=True)
-T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 Region = Annotated[str | None, typer.Option(help="AWS region (default: AWS_REGION or profile).")]
 Profile = Annotated[str | None, typer.Option(help="Named AWS profile (default: AWS_PROFILE).")]
@@ -228,18 +231,18 @@ def export(
             aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 
-    summary = _run(
+    summary = run_job(
         lambda: run_export(build_options(), progress),
-        lambda: _JobDisplay("export", progress, _export_detail),
+        lambda: JobDisplay("export", progress, export_detail),
         interrupted_hint=f"continue with: ddbpipe export {table} {dest} --resume",
     )
-    _report(
+    report(
         summary.to_dict(),
         json_output,
         f"exported {summary.items:,} items from {summary.table} to {summary.destination} in "
         f"{summary.seconds:.1f} s ({summary.items / max(summary.seconds, 1e-9):,.0f} items/s): "
-        f"{summary.shards} shards, {_mb(summary.stored_bytes)} stored "
-        f"({_mb(summary.raw_bytes)} of DynamoDB JSON), {summary.consumed_rcu:,.1f} RCU, "
+        f"{summary.shards} shards, {mb(summary.stored_bytes)} stored "
+        f"({mb(summary.raw_bytes)} of DynamoDB JSON), {summary.consumed_rcu:,.1f} RCU, "
         f"export id {summary.export_id}",
     )
 
@@ -308,13 +311,13 @@ def import_(
             aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 
-    summary = _run(
+    summary = run_job(
         lambda: run_import(build_options(), progress),
-        lambda: _JobDisplay("import", progress, _import_detail),
+        lambda: JobDisplay("import", progress, import_detail),
         interrupted_hint=f"continue with: ddbpipe import {source} {table} --resume",
     )
     indexes = ", ".join(summary.indexes_added)
-    _report(
+    report(
         summary.to_dict(),
         json_output,
         f"imported {summary.items_written:,} of {summary.items_read:,} items into "
@@ -325,11 +328,13 @@ def import_(
         + (f", indexes added: {indexes}" if indexes else ""),
     )
     if summary.items_dead_lettered:
-        stderr.print(
-            f"error: {summary.items_dead_lettered:,} items could not be written; they are in "
-            f"{summary.dead_letter} with the reasons", highlight=False, markup=False,
-        )
+        say(f"error: {summary.items_dead_lettered:,} items could not be written; they are in "
+            f"{summary.dead_letter} with the reasons")
         raise typer.Exit(1)
+
+
+#: The restore drill's options of verify, shown together in --help.
+DRILL = "Restore drill: compare a live table with the export"
 
 
 @app.command()
@@ -339,38 +344,127 @@ def verify(
         bool,
         typer.Option("--read-data", help="Also download, checksum, decode and recount all shards."),
     ] = False,
+    against_table: Annotated[str | None, typer.Option(
+        help="Prove TABLE holds exactly the export's items: a parallel Scan compared item by "
+        "item (types included), after the --read-data checks; exit 1 on any difference.",
+        metavar="TABLE", rich_help_panel=DRILL)] = None,
+    max_rcu: Annotated[float | None, typer.Option(
+        help="Cap on read capacity the drill's Scan consumes per second.",
+        rich_help_panel=DRILL)] = None,
+    segments: Annotated[int | None, typer.Option(
+        min=1, max=1_000_000, help="Parallel Scan segments (default: as the export was scanned).",
+        rich_help_panel=DRILL)] = None,
+    consistent_read: Annotated[bool, typer.Option(
+        "--consistent-read", help="Strongly consistent Scan (twice the RCU): right after an "
+        "import, so the newest writes are seen.", rich_help_panel=DRILL)] = False,
+    work_dir: Annotated[str | None, typer.Option(
+        help="Folder for the drill's partition files, about twice the export's uncompressed "
+        "size, removed at the end (default: the system's temporary folder).",
+        metavar="DIR", rich_help_panel=DRILL)] = None,
+    expected_bucket_owner: ExpectedBucketOwner = None,
+    json_output: JsonOutput = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+    s3_endpoint_url: S3EndpointUrl = None,
+) -> None:
+    """Check a finished export: manifests, shard sizes and counts (and data with --read-data),
+    or prove with --against-table that a table holds exactly its items.
+
+    Exits 0 only when everything holds; otherwise prints each problem, and each kind of
+    difference with its first keys, on its own line. Example: ddbpipe verify
+    s3://vault/orders/2026-12 --against-table orders-restored --max-rcu 500
+    """
+    def verify_it() -> Coroutine[Any, Any, VerifyReport]:
+        aws = _aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner)
+        refuse_s3_only(source, ["--expected-bucket-owner"] if expected_bucket_owner else [])
+        drill = drill_settings(against_table, max_rcu=max_rcu, segments=segments,
+                               consistent_read=consistent_read, work_dir=work_dir)
+        return run_verify(source, read_data=read_data, drill=drill, aws=aws, progress=progress)
+
+    progress = JobProgress()
+    verified = run_job(
+        verify_it,
+        lambda: JobDisplay("drill", progress, export_detail) if against_table else None,
+        interrupted_hint="",
+    )
+    print_verify(verified, json_output)
+    if not verified.ok:
+        raise typer.Exit(1)
+
+
+@app.command(name="ls")
+def ls(
+    location: Annotated[
+        str, typer.Argument(help="Local directory or s3://bucket/prefix to find exports under.")
+    ],
+    expected_bucket_owner: ExpectedBucketOwner = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON array of the exports on stdout.")
+    ] = False,
+    region: Region = None,
+    profile: Profile = None,
+    s3_endpoint_url: S3EndpointUrl = None,
+) -> None:
+    """List the exports under LOCATION, finished or not, ddbpipe's and AWS-native ones, from
+    their manifests alone (no data is read).
+
+    A manifest that cannot be read is listed with its problem. Example: ddbpipe ls
+    s3://archive/orders/ --json
+    """
+    def list_them() -> Coroutine[Any, Any, list[ListedExport]]:
+        aws = _aws(region, profile, None, s3_endpoint_url, expected_bucket_owner)
+        return run_list(location, aws)
+
+    exports = run_job(list_them, lambda: None, interrupted_hint="")
+    print_catalog(exports, location, json_output)
+
+
+@app.command()
+def thaw(
+    source: Annotated[str, typer.Argument(help="A ddbpipe export on S3: s3://bucket/prefix.")],
+    days: Annotated[
+        int,
+        typer.Option(min=1, help="Days the restored copies stay readable (S3 bills them as "
+                     "STANDARD storage meanwhile, beside the archived ones)."),
+    ] = DEFAULT_RESTORE_DAYS,
+    tier: Annotated[
+        str,
+        typer.Option(
+            help="How fast, and so how dear: Bulk is the cheapest and slowest (GLACIER 5-12 "
+            "hours, DEEP_ARCHIVE up to 48 hours); Standard costs more (GLACIER 3-5 hours, "
+            "DEEP_ARCHIVE up to 12 hours); Expedited costs most (GLACIER only, 1-5 minutes).",
+            metavar="|".join(RESTORE_TIERS),
+        ),
+    ] = DEFAULT_RESTORE_TIER,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Wait until every shard is readable, checking every 1 to "
+                     "15 minutes; Ctrl-C stops the waiting, not the restores."),
+    ] = False,
     expected_bucket_owner: ExpectedBucketOwner = None,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
     s3_endpoint_url: S3EndpointUrl = None,
 ) -> None:
-    """Check a finished export: manifests, shard sizes and counts (and data with --read-data).
+    """Restore the archived shards (GLACIER, DEEP_ARCHIVE) of the export at SOURCE, so that
+    import and verify --read-data can read them.
 
-    Exits 0 only when everything holds; otherwise prints each problem on its own line.
+    Restores already under way or done are not asked for again: run it again to see how far
+    they got. Example: ddbpipe thaw s3://vault/orders/2026-12 --wait
     """
-    def verify_it() -> Coroutine[Any, Any, VerifyReport]:
+    def thaw_it() -> Coroutine[Any, Any, ThawSummary]:
         aws = _aws(region, profile, None, s3_endpoint_url, expected_bucket_owner)
-        refuse_s3_only(source, ["--expected-bucket-owner"] if expected_bucket_owner else [])
-        return run_verify(source, read_data=read_data, aws=aws)
+        return run_thaw(source, days=days, tier=tier, wait=wait, aws=aws,
+                        on_progress=thaw_waiting)
 
-    report = _run(
-        verify_it, lambda: None,
-        interrupted_hint="",
+    summary = run_job(
+        thaw_it, lambda: None,
+        interrupted_hint="the restores asked for go on: run the same thaw again to see how far "
+        "they got (nothing is asked for twice)",
     )
-    if json_output:
-        print(json.dumps(report.to_dict()))
-    for problem in report.problems:
-        stderr.print(f"problem: {problem}", highlight=False, markup=False)
-    if not json_output:
-        checked = f", {report.items_read:,} items read back" if read_data else ""
-        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-        stderr.print(
-            f"{verdict}: export {report.export_id} of {report.table}, {report.shards} shards, "
-            f"{report.items:,} items{checked}", highlight=False,
-        )
-    if not report.ok:
-        raise typer.Exit(1)
+    report(summary.to_dict(), json_output, thaw_outcome(summary))
 
 
 # --- running a job -----------------------------------------------------------------------------
@@ -387,114 +481,6 @@ def _aws(
         region=region, profile=profile, endpoint_url=endpoint_url,
         s3_endpoint_url=s3_endpoint_url, expected_bucket_owner=expected_bucket_owner,
     )
-
-
-def _report(summary: dict[str, Any], json_output: bool, line: str) -> None:
-    """The end of a job: one JSON object on stdout with --json, else one line on stderr."""
-    if json_output:
-        print(json.dumps(summary))
-    else:
-        stderr.print(line, highlight=False, markup=False)
-
-
-def _export_detail(p: JobProgress) -> str:
-    return (
-        f"{p.items:,} items  {_mb(p.raw_bytes)}  {p.items_per_second:,.0f} items/s  "
-        f"{p.capacity_per_second:,.1f} RCU/s  segments {p.segments_done}/{p.segments_total}"
-    )
-
-
-def _import_detail(p: JobProgress) -> str:
-    return (
-        f"{p.items:,} written  {p.dead_lettered:,} dead-lettered  "
-        f"{p.capacity_per_second:,.0f} WCU/s of {p.target_rate:,.0f}  "
-        f"{p.throttles / p.elapsed:,.1f} throttles/s  files {p.files_done}/{p.files_total}"
-    )
-
-
-class _JobDisplay:
-    """A rich progress bar on a terminal; a plain log line every few seconds otherwise."""
-
-    def __init__(
-        self, label: str, progress: JobProgress, detail: Callable[[JobProgress], str],
-        every: float = 5.0,
-    ) -> None:
-        self.progress = progress
-        self.describe = detail
-        self.every = every
-        self.last_line = time.monotonic()  # the first line after `every` seconds, not at once
-        self.bar: Progress | None = None
-        if stderr.is_terminal:
-            self.bar = Progress(
-                TextColumn(f"[bold]{label}"), BarColumn(), TaskProgressColumn(),
-                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=stderr, transient=False,
-            )
-            self.task = self.bar.add_task(label, total=None, detail="")
-            self.bar.start()
-
-    def detail(self) -> str:
-        return self.describe(self.progress)
-
-    def update(self) -> None:
-        p = self.progress
-        if self.bar is not None:
-            total = max(p.items_estimate, p.items) or None
-            self.bar.update(self.task, completed=p.items, total=total, detail=self.detail())
-        elif time.monotonic() - self.last_line >= self.every:
-            self.last_line = time.monotonic()
-            eta = p.eta_seconds
-            tail = f"  eta {eta:,.0f} s" if eta is not None else ""
-            log.info("%s%s", self.detail(), tail)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.update()
-            self.bar.stop()
-
-
-def _run(
-    job: Callable[[], Coroutine[Any, Any, T]],
-    display_factory: Callable[[], Any],
-    *,
-    interrupted_hint: str,
-) -> T:
-    """Run a job with a display, turning ddbpipe errors into one line and exit code 1."""
-    try:
-        return asyncio.run(_with_display(job, display_factory))
-    except ConfigError as error:  # an option, or a combination of options, that cannot work
-        stderr.print(f"error: {error}", highlight=False, markup=False)
-        raise typer.Exit(2) from None
-    except DdbpipeError as error:
-        stderr.print(f"error: {error}", highlight=False, markup=False)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        stderr.print(f"interrupted{'; ' + interrupted_hint if interrupted_hint else ''}")
-        raise typer.Exit(130) from None
-
-
-async def _with_display(
-    job: Callable[[], Awaitable[T]], display_factory: Callable[[], Any]
-) -> T:
-    display = display_factory()
-    if display is None:
-        return await job()
-
-    async def refresh() -> None:
-        while True:
-            display.update()
-            await asyncio.sleep(0.25)
-
-    refresher = asyncio.create_task(refresh())
-    try:
-        return await job()
-    finally:
-        refresher.cancel()
-        display.close()
-
-
-def _mb(count: int) -> str:
-    return f"{count / 1e6:,.1f} MB"
 
 
 def main() -> None:

@@ -7,6 +7,10 @@ The public API is what ``__all__`` lists; everything else is internal and may ch
     >>> report = ddbpipe.verify_export("s3://archive/orders/2026-11-23", read_data=True)
     >>> report.ok
     True
+    >>> drill = ddbpipe.verify_export("s3://archive/orders/2026-11-23",
+    ...                               against_table="orders-copy", max_rcu=500)
+    >>> drill.comparison.missing_from_table.count
+    0
     >>> result = ddbpipe.import_table("s3://archive/orders/2026-11-23", "orders-copy",
     ...                               create_table=True, target_wcu=2000)
     >>> result.items_read == result.items_written + result.items_dead_lettered
@@ -21,10 +25,15 @@ event loop; they take the options objects.
 from __future__ import annotations
 
 import asyncio as _asyncio
+from collections.abc import Callable as _Callable
 
+from .catalog import ListedExport
+from .catalog import run_list as _run_list
 from .config import AwsOptions, ExportOptions, ImportOptions
 from .config import Compression as _Compression
 from .config import Format as _Format
+from .drill import TableComparison
+from .drill import drill_settings as _drill_settings
 from .errors import (
     AccessDeniedError,
     AwsRequestError,
@@ -35,6 +44,7 @@ from .errors import (
     DdbpipeError,
     DestinationExistsError,
     FormatVersionError,
+    FrozenDataError,
     ResumeError,
     SchemaMismatchError,
     ServiceUnavailableError,
@@ -49,6 +59,10 @@ from .export_job import run_export as _run_export
 from .import_job import ImportSummary
 from .import_job import run_import as _run_import
 from .progress import JobProgress
+from .thaw import DEFAULT_RESTORE_DAYS as _RESTORE_DAYS
+from .thaw import DEFAULT_RESTORE_TIER as _RESTORE_TIER
+from .thaw import ThawSummary
+from .thaw import run_thaw as _run_thaw
 from .verify_job import VerifyReport
 from .verify_job import run_verify as _run_verify
 from .version import VERSION as _VERSION
@@ -69,15 +83,19 @@ __all__ = [
     "ExportOptions",
     "ExportSummary",
     "FormatVersionError",
+    "FrozenDataError",
     "ImportOptions",
     "ImportSummary",
     "JobProgress",
+    "ListedExport",
     "ResumeError",
     "SchemaMismatchError",
     "ServiceUnavailableError",
     "StorageError",
+    "TableComparison",
     "TableNotFoundError",
     "TerminalError",
+    "ThawSummary",
     "ThrottledError",
     "TransientError",
     "VerifyReport",
@@ -85,6 +103,10 @@ __all__ = [
     "export_table_async",
     "import_table",
     "import_table_async",
+    "list_exports",
+    "list_exports_async",
+    "thaw_export",
+    "thaw_export_async",
     "verify_export",
     "verify_export_async",
 ]
@@ -108,10 +130,45 @@ async def import_table_async(
 
 
 async def verify_export_async(
-    source: str, *, read_data: bool = False, aws: AwsOptions | None = None
+    source: str,
+    *,
+    read_data: bool = False,
+    against_table: str | None = None,
+    max_rcu: float | None = None,
+    segments: int | None = None,
+    consistent_read: bool = False,
+    work_dir: str | None = None,
+    aws: AwsOptions | None = None,
+    progress: JobProgress | None = None,
 ) -> VerifyReport:
     """``verify_export`` as a coroutine, for a caller inside a running event loop."""
-    return await _run_verify(source, read_data=read_data, aws=aws)
+    drill = _drill_settings(
+        against_table, max_rcu=max_rcu, segments=segments, consistent_read=consistent_read,
+        work_dir=work_dir,
+    )
+    return await _run_verify(source, read_data=read_data, drill=drill, aws=aws,
+                             progress=progress)
+
+
+async def list_exports_async(
+    location: str, *, aws: AwsOptions | None = None
+) -> list[ListedExport]:
+    """``list_exports`` as a coroutine, for a caller inside a running event loop."""
+    return await _run_list(location, aws)
+
+
+async def thaw_export_async(
+    source: str,
+    *,
+    days: int = _RESTORE_DAYS,
+    tier: str = _RESTORE_TIER,
+    wait: bool = False,
+    aws: AwsOptions | None = None,
+    on_progress: _Callable[[ThawSummary], None] | None = None,
+) -> ThawSummary:
+    """``thaw_export`` as a coroutine, for a caller inside a running event loop."""
+    return await _run_thaw(source, days=days, tier=tier, wait=wait, aws=aws,
+                           on_progress=on_progress)
 
 
 # --- sync: each job to its end ------------------------------------------------------------------
@@ -169,18 +226,38 @@ def verify_export(
     source: str,
     *,
     read_data: bool = False,
+    against_table: str | None = None,
+    max_rcu: float | None = None,
+    segments: int | None = None,
+    consistent_read: bool = False,
+    work_dir: str | None = None,
     region: str | None = None,
     profile: str | None = None,
+    endpoint_url: str | None = None,
     s3_endpoint_url: str | None = None,
     aws: AwsOptions | None = None,
+    progress: JobProgress | None = None,
 ) -> VerifyReport:
     """Check the export at ``source``; ``report.ok`` is True only when all holds.
 
     Without ``read_data`` only manifests and object listings are read; with it every shard is
     downloaded, checksummed, decoded and its items recounted.
+
+    ``against_table`` makes it a restore drill: after those checks, a parallel Scan of the
+    table (``segments``, default the export's; at most ``max_rcu`` read units per second) is
+    compared item by item with the export, by primary key and as DynamoDB compares values;
+    ``report.comparison`` counts the items missing from the table, extra in it and different,
+    with their first keys. Memory stays bounded: both sides go to partition files in
+    ``work_dir`` (default: the system's temporary folder), about twice the export's
+    uncompressed size, removed when the drill ends. A missing table raises
+    ``TableNotFoundError``, a table with other keys ``SchemaMismatchError``.
     """
-    options = _aws_options(aws, region, profile, None, s3_endpoint_url)
-    return _asyncio.run(verify_export_async(source, read_data=read_data, aws=options))
+    options = _aws_options(aws, region, profile, endpoint_url, s3_endpoint_url)
+    return _asyncio.run(verify_export_async(
+        source, read_data=read_data, against_table=against_table, max_rcu=max_rcu,
+        segments=segments, consistent_read=consistent_read, work_dir=work_dir, aws=options,
+        progress=progress,
+    ))
 
 
 def import_table(
@@ -226,6 +303,55 @@ def import_table(
             aws=_aws_options(aws, region, profile, endpoint_url, s3_endpoint_url),
         )
     return _asyncio.run(import_table_async(options, progress=progress))
+
+
+def list_exports(
+    location: str,
+    *,
+    region: str | None = None,
+    profile: str | None = None,
+    s3_endpoint_url: str | None = None,
+    aws: AwsOptions | None = None,
+) -> list[ListedExport]:
+    """The exports under ``location`` (a local directory or ``s3://bucket/prefix``), sorted
+    by path: ddbpipe's, finished or not, and AWS-native ones, each described from its
+    manifest alone (no data is read).
+
+    A manifest that cannot be read, or is of a newer format version, is listed with its
+    ``error`` instead of stopping the listing. Nothing there is an empty list; a location that
+    does not exist raises (``StorageError``, ``BucketNotFoundError``).
+    """
+    options = _aws_options(aws, region, profile, None, s3_endpoint_url)
+    return _asyncio.run(list_exports_async(location, aws=options))
+
+
+def thaw_export(
+    source: str,
+    *,
+    days: int = _RESTORE_DAYS,
+    tier: str = _RESTORE_TIER,
+    wait: bool = False,
+    region: str | None = None,
+    profile: str | None = None,
+    s3_endpoint_url: str | None = None,
+    aws: AwsOptions | None = None,
+    on_progress: _Callable[[ThawSummary], None] | None = None,
+) -> ThawSummary:
+    """Restore the archived shards (GLACIER, DEEP_ARCHIVE) of the ddbpipe export at
+    ``source`` (``s3://bucket/prefix``), so an import or ``verify_export(read_data=True)``
+    can read them.
+
+    Asks S3 for a readable copy of every shard that needs one, kept ``days`` days, restored
+    at ``tier``: "Bulk" (cheapest; GLACIER 5-12 hours, DEEP_ARCHIVE up to 48 hours),
+    "Standard" (GLACIER 3-5 hours, DEEP_ARCHIVE up to 12 hours) or "Expedited" (GLACIER only,
+    1-5 minutes, dearest). Restores under way or done are left alone, so calling it again
+    asks for nothing new. With ``wait``, checks every 1 to 15 minutes until every shard is
+    readable, telling ``on_progress`` before each wait. A source that is not on S3 raises
+    ``ConfigError``; one without a finished ddbpipe export, ``StorageError``.
+    """
+    options = _aws_options(aws, region, profile, None, s3_endpoint_url)
+    return _asyncio.run(thaw_export_async(source, days=days, tier=tier, wait=wait,
+                                          aws=options, on_progress=on_progress))
 
 
 def _aws_options(

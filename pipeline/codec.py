@@ -14,7 +14,7 @@ import json
 import math
 from array import array
 from collections.abc import Iterator, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from itertools import accumulate
 from operator import attrgetter
 from typing import Any
@@ -31,6 +31,7 @@ __all__ = [
     "ITEM_COLUMN",
     "ScanPage",
     "arrow_items",
+    "canonical_number",
     "decode_item",
     "decode_scan_page",
     "encode_item",
@@ -260,6 +261,25 @@ def _binary_size(value: str | bytes) -> int:
         return len(base64.b64decode(value, validate=True))
     except (binascii.Error, ValueError):
         raise CorruptDataError(f"binary value is not base64: {value[:40]!r}") from None
+
+
+# DynamoDB numbers have up to 38 significant digits; a wider context never rounds one.
+_NUMBER_CONTEXT = Context(prec=2 * 38)
+
+
+def canonical_number(text: str) -> str:
+    """One spelling per value: "1.50" -> "1.5", "100" -> "1E+2", "-0" -> "0"."""
+    if text.isascii() and text.isdigit() and text[0] != "0" and text[-1] != "0":
+        return text  # the common case is its own canonical form: no Decimal needed
+    try:
+        number = _NUMBER_CONTEXT.create_decimal(text)
+    except (InvalidOperation, TypeError):
+        raise CorruptDataError(f"not a DynamoDB number: {text!r}") from None
+    if not number.is_finite():
+        raise CorruptDataError(f"not a DynamoDB number: {text!r}")
+    if number.is_zero():
+        return "0"
+    return str(number.normalize(_NUMBER_CONTEXT))
 
 
 def write_units(size: int) -> int:

@@ -67,6 +67,12 @@ STORAGE_CLASSES: tuple[StorageClass, ...] = (
 )
 #: Storage classes whose objects must be restored (thawed) before they can be read.
 FROZEN_STORAGE_CLASSES: tuple[StorageClass, ...] = ("GLACIER", "DEEP_ARCHIVE")
+RestoreTier = Literal["Bulk", "Standard", "Expedited"]
+RESTORE_TIERS: tuple[RestoreTier, ...] = ("Bulk", "Standard", "Expedited")
+#: The cheapest tier, and the slowest: GLACIER 5-12 hours, DEEP_ARCHIVE up to 48 hours.
+DEFAULT_RESTORE_TIER: RestoreTier = "Bulk"
+#: How long restored copies stay readable: enough for an import that starts late.
+DEFAULT_RESTORE_DAYS = 7
 LOCK_MODES: tuple[LockMode, ...] = ("GOVERNANCE", "COMPLIANCE")
 CHECKSUM_ALGORITHMS: tuple[ChecksumAlgorithm, ...] = (
     "CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1"

@@ -17,6 +17,7 @@ the one line the user sees (it names the table, bucket, file or option, and what
         │   ├── AccessDeniedError     AccessDenied / UnauthorizedOperation
         │   └── BucketNotFoundError   NoSuchBucket
         ├── StorageError              a local path or object is missing or unusable
+        │   └── FrozenDataError       shards in GLACIER/DEEP_ARCHIVE not restored: thaw first
         ├── DestinationExistsError    DEST already holds a finished export (archives are write-once)
         ├── ResumeError               --resume with nothing (or something else) to resume
         ├── SchemaMismatchError       the target table's keys are not the source's keys
@@ -26,7 +27,10 @@ the one line the user sees (it names the table, bucket, file or option, and what
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 __all__ = [
+    "first_error",
     "AccessDeniedError",
     "AwsRequestError",
     "BucketNotFoundError",
@@ -36,6 +40,7 @@ __all__ = [
     "DdbpipeError",
     "DestinationExistsError",
     "FormatVersionError",
+    "FrozenDataError",
     "ResumeError",
     "SchemaMismatchError",
     "ServiceUnavailableError",
@@ -118,6 +123,10 @@ class StorageError(TerminalError):
     """A local path or stored object is missing or cannot be used."""
 
 
+class FrozenDataError(StorageError):
+    """Data the job must read is in an archive storage class and not restored (thaw it)."""
+
+
 class DestinationExistsError(TerminalError):
     """The destination already holds a finished export; exports are write-once."""
 
@@ -136,3 +145,18 @@ class CorruptDataError(TerminalError):
 
 class FormatVersionError(TerminalError):
     """A manifest declares a format version this ddbpipe does not know."""
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to show for a task group that failed: a ddbpipe error if one of its tasks
+    raised one (its message says what to do), else the first error."""
+    errors = list(_leaves(group))
+    return next((error for error in errors if isinstance(error, DdbpipeError)), errors[0])
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import os
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -18,7 +16,7 @@ from typing import Any
 
 from .config import ArchiveOptions, ExportOptions, default_shard_bytes
 from .dynamo import DynamoClient
-from .errors import DdbpipeError, DestinationExistsError, ResumeError
+from .errors import DdbpipeError, DestinationExistsError, ResumeError, first_error
 from .manifest import (
     DATA_PREFIX,
     MANIFEST_KEY,
@@ -36,17 +34,12 @@ from .manifest import (
 from .progress import JobProgress
 from .ratelimit import TokenBucket
 from .retry import Clock, SystemClock
-from .scan import SegmentTask, run_segment
+from .scan import SegmentTask, plan_segments, run_segment
 from .schema import key_attributes, table_schema
 from .storage import ObjectStore, open_store
 from .version import VERSION
 
 log = logging.getLogger(__name__)
-
-#: AWS suggests one Scan segment per ~2 GB of table for large tables.
-BYTES_PER_SEGMENT = 2 * 1024**3
-MAX_AUTO_SEGMENTS = 10_000
-
 
 @dataclass(frozen=True, kw_only=True)
 class ExportSummary:
@@ -68,12 +61,6 @@ class ExportSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def plan_segments(table_size_bytes: int, cores: int | None = None) -> int:
-    """One segment per ~2 GB, at least one per core, at most MAX_AUTO_SEGMENTS."""
-    by_size = math.ceil(table_size_bytes / BYTES_PER_SEGMENT)
-    return max(1, min(MAX_AUTO_SEGMENTS, max(by_size, cores or os.cpu_count() or 1)))
 
 
 def utc_timestamp(clock: Clock) -> str:
@@ -287,25 +274,8 @@ async def _run_segments(
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one_segment(c)) for c in checkpoints]
     except BaseExceptionGroup as group_error:
-        raise _first_error(group_error) from None
+        raise first_error(group_error) from None
     return [task.result() for task in tasks]
-
-
-def _first_error(group_error: BaseExceptionGroup) -> BaseException:
-    """The error to show: a ddbpipe error if one segment hit one, else the first."""
-    errors = list(_leaves(group_error))
-    for error in errors:
-        if isinstance(error, DdbpipeError):
-            return error
-    return errors[0]
-
-
-def _leaves(error: BaseException) -> Any:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 # --- after the scan --------------------------------------------------------------------------

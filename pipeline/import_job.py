@@ -1,7 +1,8 @@
 """The import job: source files -> checked records -> rate-limited writer -> checkpoints.
 
-Before anything is written: the source is opened and its manifests validated, the target
-table is found (or created with ``create_table``) and its keys compared with the source's.
+Before anything is written: the source is opened and its manifests validated, files that
+are archived and not restored are refused (``thaw.refuse_frozen``), the target table is
+found (or created with ``create_table``) and its keys compared with the source's.
 Then several source files are read at once from different Scan segments and their records
 interleaved (scan order is partition order), each record is checked (key attributes, 400 KB),
 and the writer puts them at the adaptive rate. A file is checkpointed once every record of it
@@ -36,6 +37,7 @@ from .tables import (
     find_table,
     provisioned_write_capacity,
 )
+from .thaw import refuse_frozen
 from .writer import TableWriter
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ async def run_import(
     store = open_store(options.source, options.aws, clock=clock)
     try:
         source = await open_source(store)
+        # A frozen file fails only when read, after others were written: refuse it up front.
+        await refuse_frozen(store, [file.key for file in source.files], options.aws,
+                            by_thaw=source.kind == "ddbpipe")
         async with DynamoClient.open(options.aws, clock=clock) as control:
             target, created = await _target_table(control, options, source)
             table_keys = key_attributes(target)

@@ -18,7 +18,8 @@ before the store-relative key (verify shows keys, the import full locations).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -285,22 +286,39 @@ def check_count(file: RecordedFile, counted: int, prefix: str = "") -> Iterator[
         )
 
 
+#: Items handed to ``read_all``'s ``take_items`` at a time (never a whole shard at once).
+ITEMS_PER_BATCH = 1000
+
+#: Takes a batch of a file's items (DynamoDB JSON) and how many came before it; may raise
+#: ``CorruptDataError`` for an item it cannot use.
+TakeItems = Callable[[list[bytes], int], None]
+
+
 def read_all(
-    file: RecordedFile, chunks: Sequence[bytes], prefix: str = ""
+    file: RecordedFile,
+    chunks: Sequence[bytes],
+    prefix: str = "",
+    take_items: TakeItems | None = None,
 ) -> tuple[int, list[Problem]]:
-    """The items one stored file decodes to (0 if it does not decode) and every read-all
-    problem of it: its bytes, then its decoding and count.
+    """The items one stored file decodes to and every read-all problem of it: its bytes, then
+    its decoding and count. ``take_items`` also gets the items, in batches (the restore drill
+    files them while verify counts them).
 
     CPU-bound (hashing and decoding): run it in a thread.
     """
     problems = list(check_stored_bytes(file, chunks, prefix))
     name = prefix + file.key
+    items = iter_shard_items(chunks, name)
+    counted = 0
     try:
-        counted = sum(1 for _ in iter_shard_items(chunks, name))
+        while batch := list(itertools.islice(items, ITEMS_PER_BATCH)):
+            if take_items is not None:
+                take_items(batch, counted)
+            counted += len(batch)
     except CorruptDataError as error:
-        return 0, [*problems, UndecodableFile(file=name, reason=str(error))]
+        return counted, [*problems, UndecodableFile(file=name, reason=str(error))]
     except DdbpipeError as error:
-        return 0, [*problems, UndecodableFile(file=name, reason=f"{name}: {error}")]
+        return counted, [*problems, UndecodableFile(file=name, reason=f"{name}: {error}")]
     return counted, [*problems, *check_count(file, counted, prefix)]
 
 

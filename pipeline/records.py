@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 import msgspec
 
-from .codec import decode_item, item_size, write_units
+from .codec import canonical_number, decode_item, item_size, write_units
 from .errors import CorruptDataError
 from .schema import KeyAttributes
 
@@ -124,19 +123,17 @@ def _hashable(value: Any) -> Hashable:
         ((tag, inner),) = value.items()
         if tag == "N" and isinstance(inner, str):
             # DynamoDB compares numbers by value: "1", "1.0" and "1E0" are one key.
-            return (tag, _normal_number(inner))
+            return (tag, _key_number(inner))
         if isinstance(inner, str):
             return (tag, inner)
     return ("", msgspec.json.encode(value))
 
 
-def _normal_number(text: str) -> str:
-    if text.isascii() and text.isdigit() and text[0] != "0" and text[-1] != "0":
-        return text  # the common case, already what normalize() gives: no Decimal needed
+def _key_number(text: str) -> str:
     try:
-        return str(Decimal(text).normalize())
-    except InvalidOperation:
-        return text
+        return canonical_number(text)
+    except CorruptDataError:
+        return text  # not a number: check_item says why DynamoDB would refuse it
 
 
 class RecordMaker:

@@ -1,17 +1,24 @@
-"""One worker per Scan segment: pages in, shards out, a checkpoint after every stored shard.
+"""Parallel Scan: the pages of a segment, and the export's worker per segment (pages in,
+shards out, a checkpoint after every stored shard).
 
-A segment is a self-contained task: its inputs are plain values (``SegmentTask``), its state
-is in storage (the checkpoint), its result is the final checkpoint. The data flows one way:
-raw Scan page -> items sliced out of the reply bytes -> shard writer -> store -> checkpoint.
+``scan_pages`` is the one paging loop over a Scan segment, paced by a read budget; the export
+and the restore drill both read tables through it. A segment's export is a self-contained
+task: its inputs are plain values (``SegmentTask``), its state is in storage (the
+checkpoint), its result is the final checkpoint. The data flows one way: raw Scan page ->
+items sliced out of the reply bytes -> shard writer -> store -> checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import os
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import decode_scan_page
+from .codec import ScanPage, decode_scan_page
 from .config import ArchiveOptions, Compression, Format
 from .dynamo import DynamoClient
 from .manifest import SegmentCheckpoint, ShardEntry, encode_checkpoint, segment_state_key
@@ -37,6 +44,59 @@ class SegmentTask:
     page_size: int | None = None
     #: How S3 keeps what the segment writes (shards, and its checkpoints as state).
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
+
+
+async def scan_pages(
+    client: DynamoClient,
+    table: str,
+    *,
+    segment: int,
+    total_segments: int,
+    read_budget: TokenBucket | None = None,
+    consistent_read: bool = False,
+    page_size: int | None = None,
+    start_key: dict[str, Any] | None = None,
+) -> AsyncGenerator[ScanPage, None]:
+    """Every page of one Scan segment (after ``start_key``), paced by ``read_budget``.
+
+    A page's cost is known only from its reply: each page reserves what the previous one
+    cost, then the bucket is charged the difference from the ConsumedCapacity DynamoDB
+    reported, so segments take turns instead of bursting together.
+    """
+    last_cost = 0.0
+    while True:
+        if read_budget is not None:
+            if last_cost > 0:
+                await read_budget.acquire(last_cost)
+            else:
+                await read_budget.wait_for_credit()
+        body = await client.scan_page(
+            table,
+            segment=segment,
+            total_segments=total_segments,
+            exclusive_start_key=start_key,
+            consistent_read=consistent_read,
+            limit=page_size,
+        )
+        page = decode_scan_page(body)
+        if read_budget is not None:
+            read_budget.charge(page.consumed_capacity - last_cost)
+        last_cost = page.consumed_capacity
+        yield page
+        if page.last_evaluated_key is None:
+            return
+        start_key = page.last_evaluated_key
+
+
+#: AWS suggests one Scan segment per ~2 GB of table for large tables.
+BYTES_PER_SEGMENT = 2 * 1024**3
+MAX_AUTO_SEGMENTS = 10_000
+
+
+def plan_segments(table_size_bytes: int, cores: int | None = None) -> int:
+    """One segment per ~2 GB, at least one per core, at most MAX_AUTO_SEGMENTS."""
+    by_size = math.ceil(table_size_bytes / BYTES_PER_SEGMENT)
+    return max(1, min(MAX_AUTO_SEGMENTS, max(by_size, cores or os.cpu_count() or 1)))
 
 
 @dataclass
@@ -71,7 +131,6 @@ class _SegmentScan:
         self.writer: ShardWriter | None = None
         # Capacity consumed by pages whose items are not yet in a stored shard.
         self.pending_rcu = 0.0
-        self.last_page_rcu = 0.0
 
     async def run(self) -> SegmentCheckpoint:
         try:
@@ -82,35 +141,26 @@ class _SegmentScan:
         return self.checkpoint
 
     async def _scan_to_end(self) -> None:
-        start_key = self.checkpoint.last_key
-        while True:
-            page_key = await self._scan_one_page(start_key)
-            if page_key is None:
-                await self._finish_segment()
-                return
-            if self.writer is not None and self.writer.raw_bytes >= self.task.shard_bytes:
-                await self._store_shard(page_key)
-            start_key = page_key
-
-    async def _scan_one_page(self, start_key: dict[str, Any] | None) -> dict[str, Any] | None:
-        budget = self.res.read_budget
-        # A page's cost is known only from its reply: reserve what the last page cost, then
-        # settle the difference, so segments take turns instead of bursting together.
-        expected = self.last_page_rcu
-        if budget is not None:
-            await budget.acquire(expected) if expected > 0 else await budget.wait_for_credit()
-        body = await self.res.client.scan_page(
+        pages = scan_pages(
+            self.res.client,
             self.task.table,
             segment=self.task.segment,
             total_segments=self.task.total_segments,
-            exclusive_start_key=start_key,
+            read_budget=self.res.read_budget,
             consistent_read=self.task.consistent_read,
-            limit=self.task.page_size,
+            page_size=self.task.page_size,
+            start_key=self.checkpoint.last_key,
         )
-        page = decode_scan_page(body)
-        if budget is not None:
-            budget.charge(page.consumed_capacity - expected)
-        self.last_page_rcu = page.consumed_capacity
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                await self._take_page(page)
+                next_key = page.last_evaluated_key
+                full = self.writer is not None and self.writer.raw_bytes >= self.task.shard_bytes
+                if next_key is not None and full:
+                    await self._store_shard(next_key)
+        await self._finish_segment()
+
+    async def _take_page(self, page: ScanPage) -> None:
         self.pending_rcu += page.consumed_capacity
         raw_before = self.writer.raw_bytes if self.writer else 0
         if page.items:
@@ -123,7 +173,6 @@ class _SegmentScan:
             await asyncio.to_thread(self.writer.add_items, page.items)
         raw_added = (self.writer.raw_bytes if self.writer else 0) - raw_before
         self.res.progress.add_page(len(page.items), raw_added, page.consumed_capacity)
-        return page.last_evaluated_key
 
     async def _finish_segment(self) -> None:
         if self.writer is not None:

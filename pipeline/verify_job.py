@@ -1,10 +1,16 @@
-"""The verify job: check a finished export, its structure cheaply or every byte (``read_data``).
+"""The verify job: check a finished export, its structure cheaply or every byte (``read_data``),
+or as a restore drill against a live table.
 
 The cheap check reads only manifests and object listings: the manifests are present and
 agree with each other, every listed shard exists with its recorded size (and ETag), and no
 unlisted file is under ``data/``. ``read_data`` also downloads every shard, recomputes its
 SHA-256 and MD5, decodes it and recounts its items. The rules are ``integrity.py``'s; verify
 collects every problem they find into its report.
+
+A drill (``drill``, see ``drill.py``) checks the table's keys first, then the export as
+``read_data`` does, filing its items into partitions on disk as they are decoded (so the
+checksums cost no extra read); only an export without problems goes on to the Scan of the
+table and the item-by-item comparison, whose outcome is the report's ``comparison``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,16 @@ from typing import Any
 import msgspec
 
 from .config import AwsOptions
+from .drill import (
+    DrillSettings,
+    ShardRead,
+    TableComparison,
+    check_table_keys,
+    partition_count,
+    scan_table,
+    shard_reader,
+)
+from .dynamo import DynamoClient
 from .errors import CorruptDataError
 from .integrity import (
     ManifestsDisagree,
@@ -29,6 +45,7 @@ from .integrity import (
     read_all,
     read_checked_manifest,
 )
+from .item_diff import ItemPartitions, KeyReader, compare_partitions
 from .manifest import (
     AWS_FILES_KEY,
     AWS_FILES_MD5_KEY,
@@ -41,7 +58,11 @@ from .manifest import (
     decode_aws_files,
     read_finished_manifest,
 )
+from .progress import JobProgress
+from .ratelimit import TokenBucket
+from .retry import Clock, SystemClock
 from .storage import ObjectInfo, ObjectStore, open_store
+from .thaw import refuse_frozen
 
 #: Shards downloaded and decoded at the same time by ``read_data``.
 READ_CONCURRENCY = 4
@@ -60,10 +81,14 @@ class VerifyReport:
     items_read: int = 0
     bytes_read: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: The table a drill was asked to compare; ``comparison`` is None when the export's own
+    #: problems stopped it before the Scan.
+    against_table: str | None = None
+    comparison: TableComparison | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and (self.comparison is None or self.comparison.ok)
 
     def add(self, problems: Iterable[Problem]) -> None:
         """Add the problems not reported yet (reading a cut-off shard finds its size again)."""
@@ -85,6 +110,8 @@ class VerifyReport:
             "items_read": self.items_read if self.read_data else None,
             "bytes_read": self.bytes_read,
             "problems": [str(problem) for problem in self.problems],
+            "against_table": self.against_table,
+            "comparison": self.comparison.to_dict() if self.comparison else None,
         }
 
 
@@ -92,32 +119,63 @@ async def run_verify(
     source: str,
     *,
     read_data: bool = False,
+    drill: DrillSettings | None = None,
     aws: AwsOptions | None = None,
     on_shard: Callable[[ShardEntry], None] | None = None,
+    progress: JobProgress | None = None,
+    clock: Clock | None = None,
 ) -> VerifyReport:
-    """Verify the export at ``source``; problems are collected, not raised.
+    """Verify the export at ``source``; problems and differences are collected, not raised.
 
     Raises only when there is nothing to verify (no export, unreadable manifest, unknown
-    format version) or storage itself fails.
+    format version), when a drill's table is missing or has other keys, or when storage or
+    DynamoDB itself fails. ``progress`` counts a drill's Scan; ``clock`` is where its read
+    budget reads the time (default: the system's).
     """
-    store = open_store(source, aws)
-    report = VerifyReport(source=store.url, read_data=read_data)
+    clock = clock or SystemClock()
+    store = open_store(source, aws, clock=clock)
+    report = VerifyReport(
+        source=store.url, read_data=read_data or drill is not None,
+        against_table=drill.table if drill else None,
+    )
     try:
         await store.ensure_ready(for_write=False)
         manifest = await _read_manifest(store)
         report.export_id, report.table = manifest.plan.export_id, manifest.plan.table_name
         report.shards, report.items = len(manifest.shards), manifest.item_count
-        files = [_recorded(shard) for shard in manifest.shards]
-        listing = {info.key: info for info in await store.list(DATA_PREFIX)}
-        report.add(check_listing(files, listing))
-        report.add(check_unlisted(files, listing, MANIFEST_KEY))
-        if manifest.has_aws_manifests:
-            report.add(await _check_aws_manifests(store, manifest))
-        if read_data:
-            await _read_all_shards(store, manifest, listing, report, on_shard)
+        if report.read_data:  # a frozen shard would fail the reads half-way: refuse now
+            await refuse_frozen(store, [shard.key for shard in manifest.shards], aws)
+        if drill is None:
+            listing = await _check_structure(store, manifest, report)
+            if read_data:
+                await _read_all_shards(store, manifest, listing, report, on_shard, read_all)
+        else:
+            async with DynamoClient.open(aws or AwsOptions(), clock=clock) as client:
+                # The table first: a wrong name or key schema is one line, whatever the export.
+                description = await client.describe_table(drill.table)
+                check_table_keys(drill.table, description, manifest.plan.key_attributes)
+                listing = await _check_structure(store, manifest, report)
+                if not report.problems:
+                    await _run_drill(
+                        _Drill(store, manifest, listing, drill, client, description),
+                        report, on_shard, progress or JobProgress(clock=clock),
+                    )
     finally:
         await store.close()
     return report
+
+
+async def _check_structure(
+    store: ObjectStore, manifest: ExportManifest, report: VerifyReport
+) -> dict[str, ObjectInfo]:
+    """The cheap checks; returns the listing of ``data/``."""
+    files = [_recorded(shard) for shard in manifest.shards]
+    listing = {info.key: info for info in await store.list(DATA_PREFIX)}
+    report.add(check_listing(files, listing))
+    report.add(check_unlisted(files, listing, MANIFEST_KEY))
+    if manifest.has_aws_manifests:
+        report.add(await _check_aws_manifests(store, manifest))
+    return listing
 
 
 async def _read_manifest(store: ObjectStore) -> ExportManifest:
@@ -205,6 +263,7 @@ async def _read_all_shards(
     listing: dict[str, ObjectInfo],
     report: VerifyReport,
     on_shard: Callable[[ShardEntry], None] | None,
+    read: ShardRead,
 ) -> None:
     running = asyncio.Semaphore(READ_CONCURRENCY)
 
@@ -213,7 +272,7 @@ async def _read_all_shards(
             chunks = [chunk async for chunk in store.iter_chunks(shard.key)]
             report.bytes_read += sum(map(len, chunks))
             # Hashing and decoding in a thread keep the downloads of other shards going.
-            items, problems = await asyncio.to_thread(read_all, _recorded(shard), chunks)
+            items, problems = await asyncio.to_thread(read, _recorded(shard), chunks)
         report.items_read += items
         if on_shard is not None:
             on_shard(shard)
@@ -222,3 +281,62 @@ async def _read_all_shards(
     present = [shard for shard in manifest.shards if shard.key in listing]
     found = await asyncio.gather(*(check(shard) for shard in present))
     report.add(problem for problems in found for problem in problems)
+
+
+# --- the restore drill -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Drill:
+    """What a drill works on, found before it starts."""
+
+    store: ObjectStore
+    manifest: ExportManifest
+    listing: dict[str, ObjectInfo]
+    settings: DrillSettings
+    client: DynamoClient
+    description: dict[str, Any]
+
+
+async def _run_drill(
+    drill: _Drill,
+    report: VerifyReport,
+    on_shard: Callable[[ShardEntry], None] | None,
+    progress: JobProgress,
+) -> None:
+    """Export into partitions (with the read-all checks), then the table, then compare.
+
+    Both sides' partition files are removed however this ends.
+    """
+    settings, manifest = drill.settings, drill.manifest
+    keys = KeyReader(manifest.plan.key_attributes)
+    table_size = int(drill.description.get("TableSizeBytes", 0))
+    count = partition_count(manifest.raw_bytes, table_size, settings.partition_bytes)
+    with ItemPartitions(count, parent=settings.work_dir) as export_side:
+        await _read_all_shards(
+            drill.store, manifest, drill.listing, report, on_shard,
+            shard_reader(export_side, keys),
+        )
+        if report.problems:
+            return  # a damaged export proves nothing about the table: no Scan
+        export_side.flush()
+        with ItemPartitions(count, parent=settings.work_dir) as table_side:
+            progress.items_estimate = int(drill.description.get("ItemCount", 0))
+            scanned = await scan_table(
+                table_side, keys, drill.client, settings.table,
+                segments=settings.segments or manifest.plan.segments,
+                read_budget=_read_budget(settings, drill.client.clock),
+                consistent_read=settings.consistent_read,
+                progress=progress,
+            )
+            table_side.flush()
+            differences = await asyncio.to_thread(
+                compare_partitions, export_side, table_side, keys
+            )
+    report.comparison = TableComparison.of(
+        settings, differences, export_items=report.items_read, scanned=scanned, partitions=count
+    )
+
+
+def _read_budget(settings: DrillSettings, clock: Clock) -> TokenBucket | None:
+    return TokenBucket(settings.max_rcu, clock=clock) if settings.max_rcu else None

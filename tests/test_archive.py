@@ -272,6 +272,10 @@ def test_every_s3_call_of_every_command_names_the_expected_bucket_owner(
             assert report.ok
             await ddbpipe.import_table_async(ddbpipe.ImportOptions(
                 source=url, table=target, aws=aws, checkpoint=str(tmp_path / "checkpoint")))
+            (listed,) = await ddbpipe.list_exports_async(f"s3://{s3_bucket}/", aws=aws)
+            assert listed.complete and listed.items == 200
+            thawed = await ddbpipe.thaw_export_async(url, aws=aws)
+            assert thawed.requested == 0 and thawed.not_archived == thawed.shards
             owned_calls = len(proxy.seen)
             stranger = AwsOptions(endpoint_url=dynamodb_local.endpoint,
                                   s3_endpoint_url=proxy.endpoint, expected_bucket_owner=STRANGER)

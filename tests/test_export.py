@@ -14,7 +14,7 @@ import pytest
 
 import ddbpipe
 from ddbpipe.config import AwsOptions, ExportOptions
-from ddbpipe.export_job import plan_segments, run_export
+from ddbpipe.export_job import run_export
 from ddbpipe.manifest import (
     AWS_FILES_KEY,
     AWS_SUMMARY_KEY,
@@ -26,6 +26,7 @@ from ddbpipe.manifest import (
 )
 from ddbpipe.progress import JobProgress
 from ddbpipe.retry import ManualClock
+from ddbpipe.scan import plan_segments
 from tests.exports import (
     FIDELITY_ITEMS,
     plain_items,

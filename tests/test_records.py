@@ -89,3 +89,14 @@ def test_a_malformed_item_names_the_file_and_the_item(raw: bytes) -> None:
     with pytest.raises(CorruptDataError, match=where) as caught:
         make("put", raw, 7)
     assert "\n" not in str(caught.value)
+
+
+def test_numeric_keys_of_38_digits_stay_apart_and_equal_values_meet() -> None:
+    from ddbpipe.records import item_key
+
+    near = ["1234567890123456789012345678901234567", "1234567890123456789012345678901234568"]
+    keys = {item_key({"pk": {"N": text + "0"}}, ("pk",)) for text in near}
+    assert len(keys) == 2  # 38 significant digits: not rounded to 28, as Decimal would
+    spellings = ["100", "1E+2", "100.000", "1.00E2"]
+    assert len({item_key({"pk": {"N": text}}, ("pk",)) for text in spellings}) == 1
+    assert item_key({"pk": {"N": "-0"}}, ("pk",)) == item_key({"pk": {"N": "0"}}, ("pk",))

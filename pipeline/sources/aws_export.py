@@ -34,7 +34,7 @@ from ..records import RecordKind
 from ..storage import ObjectInfo, ObjectStore
 from .common import ImportSource, SourceFile, SourceKind, location_prefix
 
-__all__ = ["change_of_line", "nested_aws_export", "open_aws_export"]
+__all__ = ["aws_export_id", "change_of_line", "nested_aws_export", "open_aws_export"]
 
 _CHECKSUM_SUFFIXES = (".md5", ".checksum")  # AWS docs say .checksum; files say .md5
 _INCREMENTAL = "INCREMENTAL_EXPORT"
@@ -83,7 +83,7 @@ async def open_aws_export(store: ObjectStore, base: str) -> ImportSource:
         item_count=item_count,
         key_attributes=None,
         table_schema=None,
-        export_id=_export_id(base, summary),
+        export_id=aws_export_id(base, summary),
     )
 
 
@@ -168,7 +168,8 @@ def _summary_count_problems(
         yield ManifestsDisagree(file=where, other=files_key, detail=detail)
 
 
-def _export_id(base: str, summary: dict[str, Any]) -> str | None:
+def aws_export_id(base: str, summary: dict[str, Any]) -> str | None:
+    """The id of the AWS export at ``base`` (``.../AWSDynamoDB/<id>/``), else from its ARN."""
     if base:
         return base.rstrip("/").rsplit("/", 1)[-1]
     arn = summary.get("exportArn")

@@ -90,8 +90,9 @@ class ObjectStore(Protocol):
         """The key from the bucket root (prefix + key) on S3; the key itself elsewhere."""
         ...
 
-    async def ensure_ready(self, *, for_write: bool) -> None:
-        """Fail early and clearly: missing bucket, no access, DEST is a file, nothing to read."""
+    async def ensure_ready(self, *, for_write: bool, may_be_empty: bool = False) -> None:
+        """Fail early and clearly: missing bucket, no access, DEST is a file, nothing to read
+        (unless ``may_be_empty``: a catalogue of a place that holds nothing yet)."""
         ...
 
     async def check_archive(self, archive: ArchiveOptions) -> None:

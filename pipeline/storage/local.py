@@ -72,8 +72,11 @@ class LocalStore(ClosingStore):
     def path_of(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
-    async def ensure_ready(self, *, for_write: bool) -> None:
-        await asyncio.to_thread(self._check_writable if for_write else self._check_readable)
+    async def ensure_ready(self, *, for_write: bool, may_be_empty: bool = False) -> None:
+        if for_write:
+            await asyncio.to_thread(self._check_writable)
+        else:
+            await asyncio.to_thread(self._check_readable, may_be_empty)
 
     async def put_bytes(
         self, key: str, data: bytes, *, archive: ArchiveOptions | None = None
@@ -158,14 +161,14 @@ class LocalStore(ClosingStore):
         if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
             raise StorageError(f"cannot create {self.root}: {ancestor} is not a writable directory")
 
-    def _check_readable(self) -> None:
+    def _check_readable(self, may_be_empty: bool) -> None:
         if not self.root.exists():
             raise StorageError(f"nothing at {self.root}: no such directory")
         if not self.root.is_dir():
             raise StorageError(f"{self.root} is a file, not a directory: give the export folder")
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise StorageError(f"cannot read {self.root}: permission denied")
-        if next(self._walk_files(""), None) is None:
+        if not may_be_empty and next(self._walk_files(""), None) is None:
             raise StorageError(f"nothing at {self.root}: the directory holds no files")
 
     def _list_sync(self, prefix: str) -> builtins.list[ObjectInfo]:

@@ -29,8 +29,8 @@ class MemoryStore(ClosingStore):
     def root_key(self, key: str) -> str:
         return key
 
-    async def ensure_ready(self, *, for_write: bool) -> None:
-        if not for_write and not self.objects:
+    async def ensure_ready(self, *, for_write: bool, may_be_empty: bool = False) -> None:
+        if not for_write and not may_be_empty and not self.objects:
             raise StorageError(f"nothing at {self.url}: the store holds no objects")
 
     async def put_bytes(

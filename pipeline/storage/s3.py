@@ -135,9 +135,9 @@ class S3Store(ClosingStore):
         self._client = None
         await self._exit_stack.aclose()
 
-    async def ensure_ready(self, *, for_write: bool) -> None:
+    async def ensure_ready(self, *, for_write: bool, may_be_empty: bool = False) -> None:
         await self.request("HeadBucket", None)
-        if for_write:
+        if for_write or may_be_empty:
             return
         page = await self.request("ListObjectsV2", None, Prefix=self.prefix, MaxKeys=1)
         if not page.get("KeyCount"):
