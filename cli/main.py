@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Coroutine
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
+
+# typer has no public name for these; they are click's, which typer bundles.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from ddbpipe.catalog import ListedExport, run_list
 from ddbpipe.config import (
@@ -55,8 +59,39 @@ from .output import (
     thaw_waiting,
 )
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """ddbpipe's commands, with a usage error reported in one line naming the fix, exit 2:
+    click's own report is a panel of several lines, and scripts grep for the line. Errors in
+    ddbpipe's own options come from ``make_context``, those of a command's from ``invoke``
+    (where the command parses its arguments)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except NoArgsIsHelpError:
+            raise  # a bare ``ddbpipe``: the help itself
+        except UsageError as error:
+            _usage_error(error)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as error:
+            _usage_error(error)
+
+
+def _usage_error(error: UsageError) -> NoReturn:
+    command = error.ctx.command_path if error.ctx is not None else "ddbpipe"
+    say(f"error: {error.format_message().rstrip('.')}; see {command} --help")
+    raise typer.Exit(error.exit_code)
+
+
 app = typer.Typer(
     name="ddbpipe",
+    cls=_OneLineUsageErrors,
     help=(
         "Move DynamoDB tables to and from object storage.\n\n"
         "DEST and SOURCE are a local directory or s3://bucket/prefix. AWS settings follow the "

@@ -15,11 +15,23 @@ Errors: ``ERROR_CODES`` is the one table from AWS error codes, of DynamoDB and S
 ddbpipe's error tree; where a reply has no code we know, its HTTP status decides.
 ``error_from_reply`` and ``error_from_exception`` build the one-line errors the user sees,
 naming the call (``AwsCall``) and what to do.
+
+Logs: botocore logs each request at DEBUG with its headers, the session token and the
+signature among them. A filter on its loggers, added at import, blanks them, so a program
+that turns botocore's logging on gets no credential in its logs.
+
+Expired credentials: refreshable credentials (roles, SSO) can expire mid-run before botocore
+renews them (revoked sessions, clocks apart). A call refused as expired (``is_expired_token``)
+gets the credentials renewed once (``fresh_credentials``: the profile's source asked again)
+and is sent once more, by ``dynamo.py`` and ``storage/s3.py``; refused again (static
+credentials that really expired), it is the ``CredentialsError`` of the map.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -45,6 +57,7 @@ from .errors import (
 
 __all__ = [
     "ERROR_CODES",
+    "EXPIRED_TOKEN_CODES",
     "NETWORK_ERRORS",
     "AwsCall",
     "credentials",
@@ -52,6 +65,9 @@ __all__ = [
     "dynamodb_endpoint",
     "error_from_exception",
     "error_from_reply",
+    "fresh_credentials",
+    "hide_credentials",
+    "is_expired_token",
     "kms_endpoint",
     "one_line",
     "region",
@@ -109,6 +125,9 @@ ERROR_CODES: dict[str, type[DdbpipeError]] = {
     "InvalidObjectState": StorageError,
 }
 
+#: Codes that say the credentials expired: renew them once and send the call again.
+EXPIRED_TOKEN_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
+
 #: Errors of the connection itself, raised while a request or reply is on its way.
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.HTTPClientError,
@@ -117,6 +136,13 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     TimeoutError,
     ConnectionError,
+)
+
+#: A source of credentials (a role, SSO, a process) that failed to give them.
+_CREDENTIAL_SOURCE_ERRORS = (
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.SSOError,
+    botocore.exceptions.TokenRetrievalError,
 )
 
 #: S3 API actions and the IAM permission each needs (other actions need their own name).
@@ -188,11 +214,20 @@ def credentials(from_session: botocore.session.Session) -> botocore.credentials.
     """The session's credentials, resolved now so a missing one is said before any work."""
     try:
         found = from_session.get_credentials()
-    except botocore.exceptions.BotoCoreError as error:
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        # ClientError: the source itself refused, e.g. STS AssumeRole for a role profile.
         raise CredentialsError(f"could not load AWS credentials: {one_line(error)}") from error
     if found is None:
         raise CredentialsError(_NO_CREDENTIALS)
     return found
+
+
+def fresh_credentials(options: AwsOptions) -> botocore.credentials.Credentials:
+    """Credentials resolved anew, by a new session: a role or SSO profile asks its source
+    again, static credentials come back the same. botocore's refreshable credentials renew
+    themselves only when their own expiry time comes near; this is the public way to renew
+    them when AWS says they expired earlier."""
+    return credentials(session(options, botocore.session.Session))
 
 
 _NO_CREDENTIALS = (
@@ -283,6 +318,13 @@ def error_from_reply(call: AwsCall, status: int, code: str, message: str = "") -
                 f"{where} is archived and not restored ({call}): thaw it first (ddbpipe thaw)"
             )
         return StorageError(f"{where} not found ({call}): check the key and DEST/SOURCE")
+    if _bare_head_refusal(call, status, code):
+        return AwsRequestError(
+            f"{call} was refused with a bare HTTP 400 (S3 gives no reason for a HEAD): "
+            "usually expired credentials (renew them, or use another --profile) or a --region "
+            "other than the bucket's",
+            **fields,
+        )
     return AwsRequestError(f"{call} was refused ({detail})", **fields)
 
 
@@ -316,6 +358,11 @@ def error_from_exception(call: AwsCall, error: BaseException, endpoint: str) -> 
     if isinstance(error, botocore.exceptions.NoCredentialsError
                   | botocore.exceptions.PartialCredentialsError):
         return CredentialsError(f"{_NO_CREDENTIALS} (needed for {call})")
+    if isinstance(error, _CREDENTIAL_SOURCE_ERRORS):
+        # The source of the credentials (a role, SSO, a process) failed to give them.
+        return CredentialsError(
+            f"could not load AWS credentials for {call}: {one_line(error)}"
+        )
     if isinstance(error, botocore.exceptions.ProfileNotFound):
         return _missing_profile(error.kwargs.get("profile"))
     if isinstance(error, botocore.exceptions.NoRegionError):
@@ -333,5 +380,59 @@ def error_from_exception(call: AwsCall, error: BaseException, endpoint: str) -> 
     )
 
 
+def is_expired_token(call: AwsCall, status: int, code: str) -> bool:
+    """Whether a refused ``call`` may say its credentials expired (renew them, send again).
+
+    S3 answers HEAD without a body, so botocore names the code after the status: a bare 400
+    to a HEAD may be an expired token too.
+    """
+    return code in EXPIRED_TOKEN_CODES or _bare_head_refusal(call, status, code)
+
+
+def _bare_head_refusal(call: AwsCall, status: int, code: str) -> bool:
+    # botocore names the code of a reply without a body after its status.
+    head = call.service == "s3" and call.action.startswith("Head")
+    return head and status == 400 and code in ("", "400")
+
+
 def one_line(text: object) -> str:
     return " ".join(str(text).split())
+
+
+# --- credentials never reach a log line ---------------------------------------------------------
+
+_SECRET_HEADERS = "x-amz-security-token|authorization"
+_SECRETS_IN_LOGS = (
+    # Headers in a dict repr: {'X-Amz-Security-Token': b'...', 'Authorization': b'...'}
+    (re.compile(rf"""(?i)(['"](?:{_SECRET_HEADERS})['"]\s*:\s*b?)(['"]).*?\2"""),
+     r"\1\2<hidden>\2"),
+    # A canonical request, one header per line: x-amz-security-token:...
+    (re.compile(rf"(?im)^((?:{_SECRET_HEADERS}):).*$"), r"\1<hidden>"),
+    # A presigned URL's query: X-Amz-Security-Token=...
+    (re.compile(r"(?i)(X-Amz-Security-Token=)[^&\s'\"]+"), r"\1<hidden>"),
+)
+
+#: The loggers that write requests (with their headers) and what is signed.
+_REQUEST_LOGGERS = ("botocore.endpoint", "aiobotocore.endpoint", "botocore.auth",
+                    "botocore.httpsession", "aiobotocore.httpsession")
+
+
+def hide_credentials(text: str) -> str:
+    """``text`` with the session token and signature of any request in it blanked."""
+    for pattern, replacement in _SECRETS_IN_LOGS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class _HideCredentials(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = hide_credentials(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
+
+
+_hide_credentials_filter = _HideCredentials()
+for _name in _REQUEST_LOGGERS:
+    logging.getLogger(_name).addFilter(_hide_credentials_filter)

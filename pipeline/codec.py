@@ -12,8 +12,9 @@ import base64
 import binascii
 import json
 import math
+import re
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Context, Decimal, InvalidOperation
 from itertools import accumulate
 from operator import attrgetter
@@ -36,10 +37,13 @@ __all__ = [
     "decode_scan_page",
     "encode_item",
     "item_size",
+    "item_array",
     "items_to_arrow",
     "ndjson_lines",
     "ndjson_pieces",
     "read_units",
+    "typed_columns",
+    "with_item_column",
     "write_units",
 ]
 
@@ -202,7 +206,7 @@ def _attributes_size(attributes: dict[str, Any], per_element: int) -> int:
 
 def _value_size(value: dict[str, Any]) -> int:
     if len(value) != 1:
-        raise CorruptDataError(f"not a DynamoDB attribute value: {value!r}")
+        raise CorruptDataError(f"not a DynamoDB attribute value: {_shape(value)}")
     for tag, inner in value.items():
         if tag == "S":
             return len(inner) if inner.isascii() else len(inner.encode("utf-8"))
@@ -221,6 +225,17 @@ def _value_size(value: dict[str, Any]) -> int:
             return _binary_size(inner)
         return _set_size(tag, inner)
     raise AssertionError("unreachable: a one-entry dict")
+
+
+def _shape(value: object, what: str = "a") -> str:
+    """A malformed value described without quoting it: messages and logs never carry item
+    values (the dead-letter file is the one place items go)."""
+    if isinstance(value, str | bytes | bytearray):
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{what} value of {len(value)} {unit}"
+    if isinstance(value, dict):
+        return f"{what} value with {len(value)} type tags (a value has exactly one)"
+    return f"{what} value of type {type(value).__name__}"
 
 
 def _set_size(tag: str, members: list[Any]) -> int:
@@ -248,7 +263,7 @@ def _number_size(number: str) -> int:
     try:
         digits = Decimal(number).as_tuple().digits
     except (InvalidOperation, TypeError):
-        raise CorruptDataError(f"not a DynamoDB number: {number!r}") from None
+        raise CorruptDataError(f"not a DynamoDB number: {_shape(number, 'an N')}") from None
     # Leading and trailing zeros are trimmed; what remains are the significant digits.
     significant = "".join(map(str, digits)).strip("0")
     return (len(significant) + 1) // 2 + 1
@@ -257,10 +272,15 @@ def _number_size(number: str) -> int:
 def _binary_size(value: str | bytes) -> int:
     if isinstance(value, bytes | bytearray):
         return len(value)
+    return len(binary_value(value))
+
+
+def binary_value(text: str) -> bytes:
+    """The bytes of a B value as DynamoDB JSON spells it (base64)."""
     try:
-        return len(base64.b64decode(value, validate=True))
-    except (binascii.Error, ValueError):
-        raise CorruptDataError(f"binary value is not base64: {value[:40]!r}") from None
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise CorruptDataError(f"not base64: {_shape(text, 'a B')}") from None
 
 
 # DynamoDB numbers have up to 38 significant digits; a wider context never rounds one.
@@ -274,9 +294,9 @@ def canonical_number(text: str) -> str:
     try:
         number = _NUMBER_CONTEXT.create_decimal(text)
     except (InvalidOperation, TypeError):
-        raise CorruptDataError(f"not a DynamoDB number: {text!r}") from None
+        raise CorruptDataError(f"not a DynamoDB number: {_shape(text, 'an N')}") from None
     if not number.is_finite():
-        raise CorruptDataError(f"not a DynamoDB number: {text!r}")
+        raise CorruptDataError(f"not a DynamoDB number: {_shape(text, 'an N')}")
     if number.is_zero():
         return "0"
     return str(number.normalize(_NUMBER_CONTEXT))
@@ -302,7 +322,8 @@ def read_units(size: int, consistent: bool) -> float:
 DECIMAL_PRECISION = 38
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-_CHUNK_BYTES = 1024 * 1024
+#: Raw item bytes decoded at once when building Arrow columns.
+DECODE_CHUNK_BYTES = 1024 * 1024
 _TAG_TYPES = {"S": pa.string(), "N": pa.string(), "B": pa.binary(), "BOOL": pa.bool_()}
 _MIXED = "mixed"  # an attribute seen with more than one type, or a non-scalar type
 
@@ -349,15 +370,23 @@ class _ColumnParts:
 
 
 class _ChunkDecoder:
-    """Decodes chunks of items into structs with one field per attribute name seen so far."""
+    """Decodes chunks of items into structs with one field per attribute name seen so far.
+
+    msgspec cannot name a struct field after an attribute holding '"', '\\' or a control
+    character (valid DynamoDB names): once such a name is seen, items decode as dicts, slower
+    but the same values.
+    """
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self._as_dicts = False
         self._decoder = self._build()
 
     def decode(self, document: bytes) -> list[Any]:
         if not self.names:
             self._learn_names(document)
+        if self._as_dicts:
+            return self._decode_dicts(document)
         try:
             return self._decoder.decode(document)
         except msgspec.ValidationError as exc:
@@ -366,22 +395,46 @@ class _ChunkDecoder:
                 raise CorruptDataError(f"malformed item: {exc}") from None
         except msgspec.DecodeError as exc:
             raise CorruptDataError(f"malformed item: {exc}") from None
+        if self._as_dicts:
+            return self._decode_dicts(document)
         try:
             return self._decoder.decode(document)
         except msgspec.DecodeError as exc:
             raise CorruptDataError(f"malformed item: {exc}") from None
+
+    def values(self, rows: list[Any], index: int) -> list[Any]:
+        """The values (None where absent) of attribute ``self.names[index]`` in ``rows``, as
+        the last ``decode`` returned them."""
+        if self._as_dicts:
+            name = self.names[index]
+            return [row.get(name) for row in rows]
+        return list(map(attrgetter(f"a{index}"), rows))
+
+    def _decode_dicts(self, document: bytes) -> list[Any]:
+        try:
+            rows: list[dict[str, Any]] = _item_dicts_decoder.decode(document)
+        except msgspec.DecodeError as exc:
+            raise CorruptDataError(f"malformed item: {exc}") from None
+        self._add_names(set().union(*rows))
+        return rows
 
     def _learn_names(self, document: bytes) -> bool:
         try:
             rows = _item_names_decoder.decode(document)
         except msgspec.DecodeError as exc:
             raise CorruptDataError(f"malformed item: {exc}") from None
-        new_names = set().union(*rows) - set(self.names)
-        if not new_names:
+        if not self._add_names(set().union(*rows)):
             return False
-        self.names += sorted(new_names)
-        self._decoder = self._build()
+        if not self._as_dicts:
+            self._decoder = self._build()
         return True
+
+    def _add_names(self, names: set[str]) -> bool:
+        new_names = names - set(self.names)
+        self.names += sorted(new_names)
+        if any(map(_UNSTRUCTABLE_NAME.search, new_names)):
+            self._as_dicts = True
+        return bool(new_names)
 
     def _build(self) -> msgspec.json.Decoder[list[Any]]:
         # Struct fields need identifier names; ``rename`` maps them to the attribute names.
@@ -393,11 +446,32 @@ class _ChunkDecoder:
         return msgspec.json.Decoder(list[item_type])  # type: ignore[valid-type]
 
 
+#: Characters msgspec refuses in a renamed struct field.
+_UNSTRUCTABLE_NAME = re.compile(r'["\\\x00-\x1f]')
+_item_dicts_decoder = msgspec.json.Decoder(list[dict[str, _AttributeValue]])
+
+
 def items_to_arrow(items: Sequence[BytesLike], key_attributes: KeyAttributes) -> pa.Table:
     """Arrow table of raw items: typed key columns, ``_item``, then typed scalar columns.
 
     A non-key attribute gets a typed column only if it has one scalar type (S, N, B or BOOL)
-    in every item of ``items`` that has it; everything else lives only in ``_item``.
+    in every item of ``items`` that has it; everything else lives only in ``_item``. The
+    same table as ``typed_columns`` with ``with_item_column``, which a writer that holds
+    only some rows' ``_item`` at a time uses instead (see ``shards.ShardWriter``).
+    """
+    typed = typed_columns(_chunks(items), key_attributes)
+    item_column = pa.chunked_array([_item_array(chunk) for chunk in _chunks(items)],
+                                   pa.large_string())
+    return with_item_column(typed, item_column, key_attributes)
+
+
+def typed_columns(
+    chunks: Iterable[Sequence[BytesLike]], key_attributes: KeyAttributes
+) -> pa.Table:
+    """The columns of ``items_to_arrow`` but ``_item``, of the items of every chunk in order.
+
+    Each chunk is a run of raw items of about ``DECODE_CHUNK_BYTES``, decoded at once; only
+    the chunk being decoded and the typed values (about half the items' bytes) are held.
     """
     for name, tag in key_attributes:
         if tag not in KEY_TAGS:
@@ -406,22 +480,19 @@ def items_to_arrow(items: Sequence[BytesLike], key_attributes: KeyAttributes) ->
             raise ValueError(f"a key attribute named {ITEM_COLUMN!r} would hide the item column")
     decoder = _ChunkDecoder()
     parts: dict[str, _ColumnParts] = {}
-    item_chunks: list[pa.Array] = []
     rows_done = 0
-    for chunk in _chunks(items):
+    for chunk in chunks:
         rows = decoder.decode(b"[" + b",".join(chunk) + b"]")
-        item_chunks.append(_item_array(chunk))
         for index, name in enumerate(decoder.names):
             if name not in parts:
                 parts[name] = _ColumnParts(rows_before=rows_done)
-            values = list(map(attrgetter(f"a{index}"), rows))
+            values = decoder.values(rows, index)
             parts[name].add(*_chunk_values(values), len(rows))
         rows_done += len(rows)
 
     columns: dict[str, pa.ChunkedArray] = {}
     for name, tag in key_attributes:
         columns[name] = _key_column(parts.get(name), name, tag, rows_done)
-    columns[ITEM_COLUMN] = pa.chunked_array(item_chunks, pa.large_string())
     key_names = {name for name, _ in key_attributes}
     for name in sorted(parts):
         if name in key_names or name == ITEM_COLUMN:
@@ -437,13 +508,34 @@ def items_to_arrow(items: Sequence[BytesLike], key_attributes: KeyAttributes) ->
     return pa.table(list(columns.values()), schema=schema)
 
 
+def with_item_column(
+    typed: pa.Table, items: pa.Array | pa.ChunkedArray, key_attributes: KeyAttributes
+) -> pa.Table:
+    """``typed`` (rows of ``typed_columns``) with their ``_item`` values after the keys."""
+    return typed.add_column(len(key_attributes), pa.field(ITEM_COLUMN, pa.large_string()), items)
+
+
+def item_array(data: BytesLike, offsets: array[int]) -> pa.Array:
+    """``_item`` values of items stored back to back in ``data``, item i at
+    ``data[offsets[i]:offsets[i + 1]]`` (``offsets`` starts at 0): no copy of the bytes."""
+    column = pa.LargeStringArray.from_buffers(
+        len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data)
+    )
+    try:
+        column.validate(full=True)  # checks the UTF-8
+    except pa.ArrowInvalid as exc:
+        raise CorruptDataError(f"malformed item: {exc}") from None
+    return column
+
+
 def _chunks(items: Sequence[BytesLike]) -> Iterator[Sequence[BytesLike]]:
-    """Slices of ``items`` of about ``_CHUNK_BYTES`` each (big joins are slow to allocate)."""
+    """Slices of ``items`` of about ``DECODE_CHUNK_BYTES`` each (big joins are slow to
+    allocate)."""
     start = 0
     size = 0
     for index, length in enumerate(map(len, items)):
         size += length
-        if size >= _CHUNK_BYTES:
+        if size >= DECODE_CHUNK_BYTES:
             yield items[start : index + 1]
             start, size = index + 1, 0
     if start < len(items):
@@ -482,15 +574,8 @@ def _scalar_tag(value: _AttributeValue) -> str | None:
 
 
 def _item_array(chunk: Sequence[BytesLike]) -> pa.Array:
-    """``_item`` values of a chunk: one joined buffer and the items' offsets, no copies."""
-    data = b"".join(chunk)
-    offsets = array("q", accumulate(map(len, chunk), initial=0))
-    column = pa.LargeStringArray.from_buffers(len(chunk), pa.py_buffer(offsets), pa.py_buffer(data))
-    try:
-        column.validate(full=True)  # checks the UTF-8
-    except pa.ArrowInvalid as exc:
-        raise CorruptDataError(f"malformed item: {exc}") from None
-    return column
+    """``_item`` values of a chunk: one joined buffer and the items' offsets."""
+    return item_array(b"".join(chunk), array("q", accumulate(map(len, chunk), initial=0)))
 
 
 def _key_column(parts: _ColumnParts | None, name: str, tag: str, rows: int) -> pa.ChunkedArray:
@@ -541,7 +626,8 @@ def _plain_decimal_shape(values: pa.ChunkedArray) -> tuple[int, int]:
 def _exponent_number_column(values: pa.ChunkedArray) -> pa.Array:
     # Cold path: DynamoDB writes numbers like 1E+125 with an exponent; sort them out exactly.
     try:
-        numbers = [None if text is None else Decimal(text) for text in values.to_pylist()]
+        numbers = [None if text is None else _NUMBER_CONTEXT.create_decimal(text)
+                   for text in values.to_pylist()]
     except InvalidOperation:
         raise CorruptDataError("a number attribute is not a number") from None
     present = [number for number in numbers if number is not None]
@@ -549,7 +635,12 @@ def _exponent_number_column(values: pa.ChunkedArray) -> pa.Array:
         return pa.array([None if n is None else int(n) for n in numbers], type=pa.int64())
     scale = _common_scale(present)
     if scale is not None:
-        return pa.array(numbers, type=pa.decimal128(DECIMAL_PRECISION, scale))
+        # Each at exactly that scale: Arrow refuses a Decimal written with more digits than
+        # the type holds ("1E+37" as "10...0.00"), though its value fits.
+        exponent = Decimal(1).scaleb(-scale)
+        exact = [None if n is None else n.quantize(exponent, context=_NUMBER_CONTEXT)
+                 for n in numbers]
+        return pa.array(exact, type=pa.decimal128(DECIMAL_PRECISION, scale))
     return pa.array([None if n is None else float(n) for n in numbers], type=pa.float64())
 
 
@@ -568,7 +659,8 @@ def _common_scale(numbers: list[Decimal]) -> int | None:
     for number in numbers:
         if not number.is_finite():
             return None
-        _, digits, exponent = number.normalize().as_tuple()
+        # The wide context: the default one (28 digits) would round 29-38-digit numbers.
+        _, digits, exponent = number.normalize(_NUMBER_CONTEXT).as_tuple()
         assert isinstance(exponent, int)
         scale = max(scale, -exponent)
         integer_digits = max(integer_digits, len(digits) + exponent)

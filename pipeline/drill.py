@@ -25,7 +25,7 @@ from .integrity import Problem, RecordedFile, read_all
 from .item_diff import Differences, ItemPartitions, KeyReader, KeyTally
 from .progress import JobProgress
 from .ratelimit import TokenBucket
-from .scan import scan_pages
+from .scan import ReadBudget, scan_pages
 from .schema import KeyAttributes, describe_keys, key_attributes
 
 __all__ = [
@@ -248,7 +248,9 @@ async def scan_table(
     consistent_read: bool = False,
     progress: JobProgress | None = None,
 ) -> ScanTotals:
-    """Scan the whole table in ``segments`` parallel segments, filing every item."""
+    """Scan the whole table in ``segments`` parallel segments, filing every item; together
+    they read within ``read_budget``."""
+    budget = ReadBudget(read_budget) if read_budget is not None else None
     progress = progress or JobProgress()
     progress.segments_total = segments
     totals = ScanTotals(segments=segments)
@@ -260,7 +262,7 @@ async def scan_table(
     async def one_segment(segment: int) -> None:
         async with running, contextlib.aclosing(scan_pages(
             client, table, segment=segment, total_segments=segments,
-            read_budget=read_budget, consistent_read=consistent_read,
+            read_budget=budget, consistent_read=consistent_read,
         )) as pages:
             async for page in pages:
                 # Decoding keys and writing files: off the event loop, as the export's shards.

@@ -9,11 +9,16 @@ for botocore's parser (~10k items/s).
 Region, endpoint and credentials are resolved by ``aws.py``, as the AWS CLI does. Every
 failure becomes an error of ``ddbpipe.errors`` through ``aws.py``'s one error map: throttles
 and 5xx/connection problems are transient and retried here (``retry.retrying``); everything
-else is terminal and names the action and table.
+else is terminal and names the action and table. A reply saying the credentials expired is
+neither: the credentials are renewed once (a role or SSO profile asks its source again) and
+the same exchange is sent again, outside the retry policy (the import's writer makes one
+attempt per call); expired again, it is the terminal ``CredentialsError``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -132,6 +137,9 @@ class DynamoClient:
     ``throttles`` and ``retries`` count throttled replies and retried calls, for progress.
     ``transport`` and ``clock`` are the seams for tests: a ``MockTransport`` answers in
     process, a ``ManualClock`` fixes the signing time and never really sleeps.
+    ``renew_credentials`` gives credentials anew when DynamoDB says they expired (``open``
+    asks the profile's source again); without it an expired token is final.
+    ``credentials_renewed`` counts the renewals.
     """
 
     region: str
@@ -143,6 +151,7 @@ class DynamoClient:
         region: str,
         endpoint: str,
         credentials: botocore.credentials.Credentials,
+        renew_credentials: Callable[[], botocore.credentials.Credentials] | None = None,
         max_connections: int = 64,
         retry: RetryPolicy | None = None,
         transport: Transport | None = None,
@@ -154,7 +163,10 @@ class DynamoClient:
         self.clock: Clock = clock or SystemClock()
         self.throttles = 0
         self.retries = 0
+        self.credentials_renewed = 0
         self._credentials = credentials
+        self._renew_credentials = renew_credentials
+        self._renewing = asyncio.Lock()
         self._signer = SigV4Signer(self.endpoint, region, SERVICE, clock=self.clock)
         self._transport: Transport = transport or AiohttpTransport(max_connections)
 
@@ -175,6 +187,7 @@ class DynamoClient:
             region=region,
             endpoint=aws.dynamodb_endpoint(options, region),
             credentials=aws.credentials(session),
+            renew_credentials=functools.partial(aws.fresh_credentials, options),
             max_connections=max_connections,
             retry=retry,
             transport=transport,
@@ -208,7 +221,7 @@ class DynamoClient:
         """Send ``body`` as ``action`` and return the raw body of the 200 reply; retried."""
         call = self._call(action, resource)
         return await retrying(
-            lambda: self._send_once(call, body),
+            lambda: self._send(call, body),
             policy=self.retry,
             clock=self.clock,
             on_retry=self._count_retry,
@@ -293,12 +306,23 @@ class DynamoClient:
 
     # --- one HTTP exchange -------------------------------------------------------------------
 
-    async def _send_once(self, call: aws.AwsCall, body: bytes) -> bytes:
+    async def _send(self, call: aws.AwsCall, body: bytes) -> bytes:
+        """One exchange, sent once more with renewed credentials if they expired."""
+        signed_with = self._credentials
+        reply = await self._exchange(call, body)
+        if _expired_token(call, reply) and await self._renewed_credentials(call, signed_with):
+            reply = await self._exchange(call, body)
+        return self._accepted(call, reply)
+
+    async def _exchange(self, call: aws.AwsCall, body: bytes) -> HttpReply:
         headers = self._signed_headers(call.action, body)
         try:
-            reply = await self._transport.post(self.endpoint, body, headers)
+            return await self._transport.post(self.endpoint, body, headers)
         except aws.NETWORK_ERRORS as error:
             raise aws.error_from_exception(call, error, self.endpoint) from error
+
+    def _accepted(self, call: aws.AwsCall, reply: HttpReply) -> bytes:
+        """The body of a 200 reply; any other reply raises its error."""
         if reply.status != 200:
             code, message = _error_code(reply.headers, reply.body)
             refused = aws.error_from_reply(call, reply.status, code, message)
@@ -307,6 +331,21 @@ class DynamoClient:
             raise refused
         _check_crc32(call, reply)
         return reply.body
+
+    async def _renewed_credentials(
+        self, call: aws.AwsCall, signed_with: botocore.credentials.Credentials
+    ) -> bool:
+        """Renew the credentials ``signed_with``, which a refused call was signed with (once
+        for all the calls refused together); whether the call may be sent again."""
+        if self._renew_credentials is None:
+            return False
+        async with self._renewing:
+            if self._credentials is signed_with:  # not renewed yet by another call
+                log.info("the AWS credentials expired (%s); renewing them", call)
+                # Resolving them may call STS or SSO: off the event loop.
+                self._credentials = await asyncio.to_thread(self._renew_credentials)
+                self.credentials_renewed += 1
+        return True
 
     def _signed_headers(self, action: str, body: bytes) -> dict[str, str]:
         # Frozen per request, so refreshable credentials (roles, SSO) renew themselves.
@@ -341,6 +380,12 @@ def _json_reply(call: aws.AwsCall, body: bytes) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise ServiceUnavailableError(f"{call} returned a reply that is not a JSON object")
     return reply
+
+
+def _expired_token(call: aws.AwsCall, reply: HttpReply) -> bool:
+    if reply.status == 200:
+        return False
+    return aws.is_expired_token(call, reply.status, _error_code(reply.headers, reply.body)[0])
 
 
 def _error_code(headers: Mapping[str, str], body: bytes) -> tuple[str, str]:

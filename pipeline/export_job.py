@@ -32,10 +32,9 @@ from .manifest import (
     segment_state_key,
 )
 from .progress import JobProgress
-from .ratelimit import TokenBucket
 from .retry import Clock, SystemClock
-from .scan import SegmentTask, plan_segments, run_segment
-from .schema import key_attributes, table_schema
+from .scan import ReadBudget, SegmentTask, plan_segments, read_bucket, run_segment
+from .schema import key_attributes, refuse_a_table_being_deleted, table_schema
 from .storage import ObjectStore, open_store
 from .version import VERSION
 
@@ -86,6 +85,7 @@ async def run_export(
             options.aws, max_connections=options.max_concurrency, clock=clock
         ) as client:
             description = await client.describe_table(options.table)
+            refuse_a_table_being_deleted(description, "there is nothing to export")
             plan, checkpoints = await _prepare(options, store, client, description)
             _start_progress(progress, plan, checkpoints, description)
             finals = await _run_segments(options, plan, checkpoints, client, store, progress)
@@ -244,7 +244,10 @@ async def _run_segments(
     store: ObjectStore,
     progress: JobProgress,
 ) -> list[SegmentCheckpoint]:
-    read_budget = TokenBucket(options.max_rcu, clock=client.clock) if options.max_rcu else None
+    # One budget for every segment: together they read at most --max-rcu, from the first page.
+    read_budget = (
+        ReadBudget(read_bucket(options.max_rcu, client.clock)) if options.max_rcu else None
+    )
     running = asyncio.Semaphore(options.max_concurrency)
 
     async def one_segment(checkpoint: SegmentCheckpoint) -> SegmentCheckpoint:

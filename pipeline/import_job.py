@@ -5,14 +5,15 @@ are archived and not restored are refused (``thaw.refuse_frozen``), the target t
 found (or created with ``create_table``) and its keys compared with the source's.
 Then several source files are read at once from different Scan segments and their records
 interleaved (scan order is partition order), each record is checked (key attributes, 400 KB),
-and the writer puts them at the adaptive rate. A file is checkpointed once every record of it
-is written or dead-lettered. GSIs of a table this import created come last.
+and the writer puts them at the adaptive rate. Each acknowledgement (or dead letter) moves its
+file's watermark (``import_state``), which the checkpoint saves every ``checkpoint_interval``
+and at shutdown; a resumed import starts each file at its watermark. GSIs of a table this import
+created come last.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +23,12 @@ from .batching import interleave
 from .config import DEFAULT_ON_DEMAND_WCU, ImportOptions
 from .dynamo import DynamoClient
 from .errors import ConfigError, TableNotFoundError
-from .import_state import DeadLetterFile, ImportCheckpoint
+from .import_state import DEFAULT_CHECKPOINT_INTERVAL, DeadLetterFile, ImportCheckpoint
 from .progress import JobProgress
 from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
 from .records import WriteRecord
 from .retry import Clock, RetryPolicy, SystemClock
-from .schema import KeyAttributes, key_attributes
+from .schema import KeyAttributes, key_attributes, refuse_a_table_being_deleted
 from .sources import ImportSource, SourceFile, open_source, read_records
 from .storage import ObjectStore, open_store
 from .tables import (
@@ -56,7 +57,8 @@ class ImportSummary:
     """What an import did; ``to_dict`` is the ``--json`` output.
 
     ``items_read == items_written + items_dead_lettered`` always holds. The counts are the
-    whole import's: a resumed import adds those of the files finished before the resume.
+    whole import's: a resumed import adds those its checkpoint counted (the records below
+    each file's watermark), and counts each record once.
     """
 
     source: str
@@ -81,11 +83,16 @@ class ImportSummary:
 
 
 async def run_import(
-    options: ImportOptions, progress: JobProgress | None = None, *, clock: Clock | None = None
+    options: ImportOptions,
+    progress: JobProgress | None = None,
+    *,
+    clock: Clock | None = None,
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
 ) -> ImportSummary:
     """Run (or with ``options.resume`` continue) an import; see ``ddbpipe.import_table``.
 
-    ``clock`` is where every part of the import reads the time (default: the system's).
+    ``clock`` is where every part of the import reads the time (default: the system's);
+    ``checkpoint_interval`` is the seconds on it between checkpoint saves.
     """
     clock = clock or SystemClock()
     progress = progress or JobProgress()
@@ -101,8 +108,8 @@ async def run_import(
             table_keys = key_attributes(target)
             check_key_schema(options.table, table_keys, source.key_attributes)
             target_wcu = _choose_target_wcu(options, target)
-            checkpoint = _open_checkpoint(options, store, source)
-            # What the files finished before a resume hold: part of this import's totals.
+            checkpoint = _open_checkpoint(options, store, source, clock, checkpoint_interval)
+            # What was finished before a resume: part of this import's totals.
             earlier_written = checkpoint.items_written
             earlier_dead_lettered = checkpoint.items_dead_lettered
             run = _ImportRun(options, source, store, checkpoint, progress, table_keys, clock)
@@ -147,6 +154,9 @@ async def _target_table(
     """The target's description, and whether this import created it."""
     existing = await find_table(client, options.table)
     if existing is not None:
+        refuse_a_table_being_deleted(
+            existing, "wait until it is gone, then import with --create-table, or choose "
+            "another table")
         if options.create_table and not options.resume:
             raise ConfigError(
                 f"table '{options.table}' already exists and --create-table only creates new "
@@ -184,12 +194,13 @@ def _choose_target_wcu(options: ImportOptions, target: dict[str, Any]) -> float:
 
 
 def _open_checkpoint(
-    options: ImportOptions, store: ObjectStore, source: ImportSource
+    options: ImportOptions, store: ObjectStore, source: ImportSource, clock: Clock,
+    interval: float,
 ) -> ImportCheckpoint:
     opener = ImportCheckpoint.resume if options.resume else ImportCheckpoint.start
     return opener(
         Path(options.checkpoint_path), source=store.url, table=options.table,
-        export_id=source.export_id,
+        export_id=source.export_id, clock=clock, interval=interval,
     )
 
 
@@ -209,17 +220,8 @@ def spread_over_segments(files: tuple[SourceFile, ...] | list[SourceFile]) -> li
 
 
 @dataclass
-class _FileProgress:
-    read: int = 0
-    finished: int = 0
-    written: int = 0
-    dead_lettered: int = 0
-    fully_read: bool = False
-
-
-@dataclass
 class _ImportRun:
-    """One pass over the files not yet checkpointed."""
+    """One pass over the files not done, each from its watermark."""
 
     options: ImportOptions
     source: ImportSource
@@ -228,27 +230,33 @@ class _ImportRun:
     progress: JobProgress
     table_keys: KeyAttributes
     clock: Clock
-    files: dict[str, _FileProgress] = field(default_factory=dict)
     items_read: int = 0
     items_written: int = 0
     consumed_wcu: float = 0.0
     throttled_requests: int = 0
     unprocessed_items: int = 0
 
+    #: Files read to their end whose last records are not finished yet.
+    draining: set[str] = field(default_factory=set)
+
     def __post_init__(self) -> None:
         self.dead_letter = DeadLetterFile(Path(self.options.dead_letter_path))
+        self.checkpoint.dead_letter = self.dead_letter
         if self.options.resume:
-            # Unfinished files are read again from their start, dead letters included.
-            dropped = self.dead_letter.keep_only(self.checkpoint.done)
+            # Files are read again from their watermarks, dead letters above them included.
+            dropped = self.dead_letter.keep_below(self.checkpoint.watermarks())
             if dropped:
-                log.info("resuming: %d dead letters of unfinished files will be redone", dropped)
+                log.info("resuming: %d dead letters above the watermarks will be redone",
+                         dropped)
 
     async def write_all(self, target_wcu: float) -> None:
         todo = [f for f in spread_over_segments(self.source.files)
                 if f.key not in self.checkpoint.done]
         self.progress.files_total = len(self.source.files)
         self.progress.files_done = len(self.source.files) - len(todo)
-        self.progress.items_estimate = self.source.item_count or 0
+        # What is left: a resumed import counts only what it writes.
+        finished_before = sum(self.checkpoint.watermarks().values())
+        self.progress.items_estimate = max((self.source.item_count or 0) - finished_before, 0)
         self.progress.target_rate = target_wcu
         # A tenth of a second of credit: a full second at a target far above the table's
         # capacity arrives as one burst of throttled calls before the controller can react.
@@ -274,11 +282,15 @@ class _ImportRun:
             try:
                 await writer.write(self._checked(self._records(todo)))
             finally:
-                self.dead_letter.close()
                 self.consumed_wcu = writer.consumed_wcu
                 self.throttled_requests = writer.throttled_requests
                 self.unprocessed_items = writer.unprocessed_items
                 self.progress.current_rate = controller.rate
+                try:
+                    # At the end, on an error or when cancelled: what is finished stays so.
+                    await self.checkpoint.close()
+                finally:
+                    self.dead_letter.close()
 
     def _records(self, todo: list[SourceFile]) -> AsyncIterator[WriteRecord]:
         return interleave(
@@ -286,12 +298,16 @@ class _ImportRun:
         )
 
     async def _file_batches(self, file: SourceFile) -> AsyncIterator[list[WriteRecord]]:
-        state = self.files.setdefault(file.key, _FileProgress())
-        async for batch in read_records(self.store, self.source, file, self.table_keys):
-            state.read += len(batch)
+        progress = self.checkpoint.begin(file.key, file.size)
+        batches = read_records(
+            self.store, self.source, file, self.table_keys, start=progress.watermark
+        )
+        async for batch in batches:
+            progress.read_end += len(batch)
             yield batch
-        state.fully_read = True
-        self._maybe_done(file.key)
+        progress.fully_read = True
+        self.draining.add(file.key)
+        self._after_progress()
 
     async def _checked(self, records: AsyncIterator[WriteRecord]) -> AsyncIterator[WriteRecord]:
         """Records a write would reject for sure go straight to the dead-letter file."""
@@ -305,23 +321,21 @@ class _ImportRun:
     def _written(self, records: list[WriteRecord], consumed: float) -> None:
         self.items_written += len(records)
         self.progress.items += len(records)
-        for source, count in Counter(record.source for record in records).items():
-            self.files[source].written += count
-            self._finished(source, count)
+        files = self.checkpoint.files
+        for record in records:
+            files[record.source].finish(record.position)
+        self._after_progress()
 
     def _dead_lettered(self, record: WriteRecord, reason: str) -> None:
-        self.dead_letter.add(reason=reason, source=record.source, kind=record.kind,
-                             item=record.item)
+        self.dead_letter.add(reason=reason, source=record.source, position=record.position,
+                             kind=record.kind, item=record.item)
         self.progress.dead_lettered += 1
-        self.files[record.source].dead_lettered += 1
-        self._finished(record.source)
+        self.checkpoint.files[record.source].dead_letter(record.position)
+        self._after_progress()
 
-    def _finished(self, key: str, count: int = 1) -> None:
-        self.files[key].finished += count
-        self._maybe_done(key)
-
-    def _maybe_done(self, key: str) -> None:
-        state = self.files[key]
-        if state.fully_read and state.finished == state.read and key not in self.checkpoint.done:
-            self.checkpoint.mark_done(key, state.written, state.dead_lettered)
-            self.progress.files_done += 1
+    def _after_progress(self) -> None:
+        if self.draining:
+            done = [key for key in self.draining if self.checkpoint.files[key].done]
+            self.draining.difference_update(done)
+            self.progress.files_done += len(done)
+        self.checkpoint.save_if_due()

@@ -102,7 +102,8 @@ class UnlistedFile(Problem):
     manifest: str
 
     def __str__(self) -> str:
-        return f"{self.file}: not listed in {self.manifest}"
+        return (f"{self.file}: not listed in {self.manifest}: remove it, or give the export "
+                "it belongs to as SOURCE")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,6 @@ bytes it arrived as; only its key attributes are decoded to file it (``KeyReader
 from __future__ import annotations
 
 import base64
-import binascii
 import bisect
 import os
 import shutil
@@ -31,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from .codec import BytesLike, canonical_number, decode_item
+from .codec import BytesLike, binary_value, canonical_number, decode_item
 from .errors import CorruptDataError
 from .schema import KeyAttributes
 
@@ -71,25 +70,18 @@ def _canonical_value(value: dict[str, Any]) -> tuple[str, Any]:
     if tag == "N":
         return tag, canonical_number(inner)
     if tag == "B":
-        return tag, _binary(inner)
+        return tag, binary_value(inner)
     if tag == "SS":
         return tag, frozenset(inner)
     if tag == "NS":
         return tag, frozenset(map(canonical_number, inner))
     if tag == "BS":
-        return tag, frozenset(map(_binary, inner))
+        return tag, frozenset(map(binary_value, inner))
     if tag == "M":
         return tag, {name: _canonical_value(member) for name, member in inner.items()}
     if tag == "L":
         return tag, tuple(map(_canonical_value, inner))
     return tag, inner  # S, BOOL, NULL
-
-
-def _binary(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise CorruptDataError(f"binary value is not base64: {text[:40]!r}") from None
 
 
 # --- keys --------------------------------------------------------------------------------------

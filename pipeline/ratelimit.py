@@ -6,11 +6,12 @@ in milliseconds.
 
 Two ways to spend from a bucket:
 
-- ``await bucket.acquire(n)`` when the cost is known up front (a batch write of n WCU);
-- ``await bucket.wait_for_credit()`` then ``bucket.charge(n)`` when the cost is only known
-  from the reply (a Scan page reports its ConsumedCapacity). The balance may go negative;
-  the debt is then paid off in time before the next caller gets credit again, so the average
-  rate stays at ``rate``.
+- ``await bucket.acquire(n)`` when the cost is known, or estimated, up front (a batch write
+  of n WCU; a Scan page reserving what it will likely cost), then ``bucket.charge(actual -
+  n)`` once the reply tells the actual cost: a debt, or a refund;
+- ``await bucket.wait_for_credit()`` then ``bucket.charge(n)`` to spend first and count
+  after. The balance may go negative; the debt is then paid off in time before the next
+  caller gets credit again, so the average rate stays at ``rate``.
 
 ``AdaptiveRate`` moves a bucket's rate with throttling (cut on a throttle, regrow along a
 CUBIC curve); ``KeyRateLimiter`` keeps a rate per key (DynamoDB's 1,000 WCU/s per
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from .retry import Clock, SystemClock
 
@@ -56,6 +57,9 @@ class TokenBucket:
         self._balance = self.burst
         self._updated_at = self._clock.monotonic()
         self._lock = asyncio.Lock()
+        # Set by ``follow``: brings a controller's rate up to date while a waiter waits.
+        self._update_rate: Callable[[], None] | None = None
+        self._sleep_slice = MAX_SLEEP_SLICE
 
     @property
     def rate(self) -> float:
@@ -78,10 +82,18 @@ class TokenBucket:
         self._rate = float(rate)
         self._balance = min(self._balance, self.burst)
 
+    def follow(self, update_rate: Callable[[], None], *, every: float) -> None:
+        """While waiting, call ``update_rate()`` at least every ``every`` seconds: the rate of
+        a controller that grows with time alone (``AdaptiveRate``) then reaches the waiter,
+        which would otherwise wait its whole debt out at the old rate."""
+        self._update_rate = update_rate
+        self._sleep_slice = min(every, MAX_SLEEP_SLICE)
+
     def charge(self, amount: float) -> None:
-        """Take ``amount`` tokens now, even into debt; later waiters wait the debt out."""
+        """Take ``amount`` tokens now, even into debt; later waiters wait the debt out. A
+        negative amount refunds, up to a full bucket."""
         self._refill()
-        self._balance -= amount
+        self._balance = min(self.burst, self._balance - amount)
 
     async def acquire(self, amount: float) -> None:
         """Wait until ``amount`` tokens are available (or the bucket is full), then take them."""
@@ -97,10 +109,12 @@ class TokenBucket:
     async def _wait_until_balance(self, wanted: float) -> None:
         # Re-evaluated after each slice: set_rate() or charge() may have moved the goal.
         while True:
+            if self._update_rate is not None:
+                self._update_rate()
             missing = min(wanted, self.burst) - self.balance
             if missing <= ROUNDING_SLACK:
                 return
-            await self._clock.sleep(min(missing / self._rate, MAX_SLEEP_SLICE))
+            await self._clock.sleep(min(missing / self._rate, self._sleep_slice))
 
     def _refill(self) -> None:
         now = self._clock.monotonic()
@@ -212,6 +226,8 @@ class AdaptiveRate:
         self.window = window
         # (time, units) the table accepted, over the last `window` seconds.
         self._delivered: deque[tuple[float, float]] = deque()
+        if bucket is not None:
+            self.attach(bucket)
 
     @property
     def rate(self) -> float:
@@ -274,9 +290,15 @@ class AdaptiveRate:
         return accepted / (now - since) if accepted > 0 else None
 
     def attach(self, bucket: TokenBucket) -> None:
-        """Drive ``bucket`` from now on (its rate is set at once)."""
+        """Drive ``bucket`` from now on: its rate is set at once, and it asks for the rate
+        again while it waits (a slow start doubles every quarter second whether or not
+        replies arrive)."""
         self._bucket = bucket
         bucket.set_rate(self._rate)
+        bucket.follow(self._follow_the_clock, every=SLOW_START_DOUBLING)
+
+    def _follow_the_clock(self) -> None:
+        self._advance(self._clock.monotonic())
 
     def rate_after(self, seconds_since_cut: float) -> float:
         """The growth curve: the rate ``seconds_since_cut`` after the last cut (unclamped)."""

@@ -5,8 +5,8 @@ Everything the writer needs of an item is worked out once, when the record is ma
 and write units, its key, whether DynamoDB would refuse it. The item itself travels as the
 JSON bytes it was read as and goes into the request body as they are, so a record costs no
 per-item encoding and holds no nested dicts for the garbage collector to walk. A record
-remembers which source file it came from, so the import knows when a file is fully written
-(its checkpoint) and where a dead-lettered item was read.
+remembers which source file it came from and its position there, so the import knows how far
+each file is written (its checkpoint) and where a dead-lettered item was read.
 
 ``check_item`` is why DynamoDB would refuse a write (``WriteRecord.problem``), so the importer
 can dead-letter such records one by one instead of losing a whole BatchWriteItem call;
@@ -59,7 +59,8 @@ class WriteRecord:
     ``raw`` is DynamoDB JSON (``{"pk":{"S":"a"}}``); ``size`` is its DynamoDB item size in
     bytes (``codec.item_size``) and ``units`` the write capacity units that follow from it;
     ``key`` is its key as ``item_key`` gives it; ``problem`` says why DynamoDB would refuse
-    the write (None when it looks writable).
+    the write (None when it looks writable). ``position`` is its place among the records of
+    ``source``, from 0 in file order (the import's checkpoint counts in positions).
     """
 
     kind: RecordKind
@@ -69,6 +70,7 @@ class WriteRecord:
     source: str
     key: Key
     problem: str | None = None
+    position: int = 0
 
     @property
     def item(self) -> dict[str, Any]:
@@ -91,6 +93,7 @@ def new_record(
     raw: bytes | None = None,
     size: int | None = None,
     problem: str | None = None,
+    position: int = 0,
 ) -> WriteRecord:
     """A record of ``item``; ``raw`` (its JSON as read) and ``size`` are computed if not given.
 
@@ -106,6 +109,7 @@ def new_record(
         source=source,
         key=item_key(item, key_names),
         problem=problem,
+        position=position,
     )
 
 
@@ -138,16 +142,22 @@ def _key_number(text: str) -> str:
 
 class RecordMaker:
     """Makes the records of one source file; what is the same for all of them is worked out
-    once. ``where`` is the file's full location, for errors."""
+    once. ``where`` is the file's full location, for errors. Records are made in file order:
+    the first gets position ``first_position`` (the records before it were skipped), each
+    next one the position after."""
 
-    def __init__(self, source: str, where: str, table_keys: KeyAttributes) -> None:
+    def __init__(
+        self, source: str, where: str, table_keys: KeyAttributes, *, first_position: int = 0
+    ) -> None:
         self.source = source
         self.where = where
         self.table_keys = table_keys
         self.key_names = tuple(name for name, _ in table_keys)
+        self.next_position = first_position
 
     def __call__(self, kind: RecordKind, raw: bytes, number: int) -> WriteRecord:
-        """The record of item ``number`` of the file, from its DynamoDB JSON ``raw``."""
+        """The record of item ``number`` of the file (its line number in NDJSON of changes),
+        from its DynamoDB JSON ``raw``."""
         try:
             item = decode_item(raw)
         except CorruptDataError as exc:
@@ -158,9 +168,11 @@ class RecordMaker:
             raise CorruptDataError(
                 f"{self.where}: item {number}: malformed item ({exc})"
             ) from None
+        position = self.next_position
+        self.next_position = position + 1
         return new_record(
             kind, item, source=self.source, key_names=self.key_names, raw=raw, size=size,
-            problem=check_item(kind, item, size, self.table_keys),
+            problem=check_item(kind, item, size, self.table_keys), position=position,
         )
 
 

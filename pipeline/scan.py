@@ -1,8 +1,9 @@
 """Parallel Scan: the pages of a segment, and the export's worker per segment (pages in,
 shards out, a checkpoint after every stored shard).
 
-``scan_pages`` is the one paging loop over a Scan segment, paced by a read budget; the export
-and the restore drill both read tables through it. A segment's export is a self-contained
+``scan_pages`` is the one paging loop over a Scan segment, within a read budget that the
+segments of one Scan share (``ReadBudget``: every page reserved before it is requested); the
+export and the restore drill both read tables through it. A segment's export is a self-contained
 task: its inputs are plain values (``SegmentTask``), its state is in storage (the
 checkpoint), its result is the final checkpoint. The data flows one way: raw Scan page ->
 items sliced out of the reply bytes -> shard writer -> store -> checkpoint.
@@ -14,16 +15,17 @@ import asyncio
 import contextlib
 import math
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import ScanPage, decode_scan_page
+from .codec import ScanPage, decode_scan_page, read_units
 from .config import ArchiveOptions, Compression, Format
 from .dynamo import DynamoClient
 from .manifest import SegmentCheckpoint, ShardEntry, encode_checkpoint, segment_state_key
 from .progress import JobProgress
 from .ratelimit import TokenBucket
+from .retry import Clock
 from .schema import KeyAttributes
 from .shards import ShardWriter, shard_key
 from .storage import ObjectStore
@@ -46,30 +48,117 @@ class SegmentTask:
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
 
 
+#: The most one Scan page returns: 1 MB of items (DynamoDB's limit), or ``Limit`` items.
+MAX_PAGE_BYTES = 1024 * 1024
+
+#: What a read budget may save up: a quarter second of its rate. Every page is reserved
+#: before it is sent, so any T seconds read at most rate x T plus this burst or one page,
+#: whichever is larger: a full second of burst would let a 5 s window read 20% over the rate.
+READ_BURST_SECONDS = 0.25
+
+
+def read_bucket(max_rcu: float, clock: Clock) -> TokenBucket:
+    """The token bucket of a ``--max-rcu`` budget: ``max_rcu`` a second, a quarter second saved."""
+    return TokenBucket(max_rcu, burst=max_rcu * READ_BURST_SECONDS, clock=clock)
+
+
+class ReadBudget:
+    """The read capacity the segments of one parallel Scan share: a token bucket, and what a
+    page is likely to cost.
+
+    A page's cost is known only from its reply (the ConsumedCapacity DynamoDB reports), so
+    every page, a segment's first included, reserves its likely cost from the bucket before
+    it is requested and settles with what its reply reports (a refund, or a debt the next
+    pages wait out). Segments thus start no faster than the budget allows, and any window of
+    T seconds reads at most ``rate x T`` plus the bucket's burst or one page, whichever is
+    larger, plus what replies reported above their reservations.
+
+    The likely cost of a page:
+
+    - a segment's next page: what its previous page cost (pages are full, 1 MB or ``Limit``
+      items, until the segment's last, which only refunds);
+    - a segment's first page: the most any page of this Scan has cost so far;
+    - before any reply: the first page asked for reserves the worst case, a full 1 MB page
+      (128 RCU, 256 strongly consistent), and the other segments wait for its reply. That
+      reservation costs no time (the bucket starts with its burst, a reservation above the
+      burst waits only for a full bucket, and the difference is refunded); waiting for the
+      reply costs the other segments one round trip, once. The table's average item size
+      (DescribeTable) would save that round trip, but it is up to six hours old, and a first
+      page it underestimated would be sent by every segment at once.
+    """
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        # The most any page has cost so far; None until the first reply.
+        self._page_estimate: float | None = None
+        self._first_page_out = False
+        self._news = asyncio.Event()
+
+    async def read(
+        self,
+        read_page: Callable[[], Awaitable[ScanPage]],
+        previous_cost: float | None,
+        *,
+        consistent_read: bool = False,
+    ) -> ScanPage:
+        """``read_page()`` within the budget; ``previous_cost``: what the segment's previous
+        page consumed (None before its first)."""
+        reservation = await self._estimate(previous_cost, consistent_read)
+        try:
+            await self.bucket.acquire(reservation.units)
+            page = await read_page()
+            # A page that failed stays charged what it reserved: it may have been served.
+            self.bucket.charge(page.consumed_capacity - reservation.units)
+            self._page_estimate = max(page.consumed_capacity, self._page_estimate or 0.0)
+        finally:
+            if reservation.first_of_all:
+                self._first_page_done()
+        return page
+
+    async def _estimate(self, previous_cost: float | None, consistent_read: bool) -> _Reservation:
+        if previous_cost is not None:
+            return _Reservation(previous_cost)
+        return await self._first_page(read_units(MAX_PAGE_BYTES, consistent_read))
+
+    async def _first_page(self, worst_case: float) -> _Reservation:
+        while self._page_estimate is None and self._first_page_out:
+            await self._news.wait()
+        if self._page_estimate is not None:
+            return _Reservation(self._page_estimate)
+        self._first_page_out = True
+        return _Reservation(worst_case, first_of_all=True)
+
+    def _first_page_done(self) -> None:
+        """Wake the segments waiting for the first reply: to use its cost, or, if the first
+        page failed, for one of them to read a first page instead."""
+        self._first_page_out = False
+        woken, self._news = self._news, asyncio.Event()
+        woken.set()
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    units: float
+    #: The first page of the Scan: the other segments wait for its reply.
+    first_of_all: bool = False
+
+
 async def scan_pages(
     client: DynamoClient,
     table: str,
     *,
     segment: int,
     total_segments: int,
-    read_budget: TokenBucket | None = None,
+    read_budget: ReadBudget | None = None,
     consistent_read: bool = False,
     page_size: int | None = None,
     start_key: dict[str, Any] | None = None,
 ) -> AsyncGenerator[ScanPage, None]:
-    """Every page of one Scan segment (after ``start_key``), paced by ``read_budget``.
+    """Every page of one Scan segment (after ``start_key``), within ``read_budget``: each
+    page is reserved before it is requested and settled with the capacity its reply reports
+    (``ReadBudget``)."""
 
-    A page's cost is known only from its reply: each page reserves what the previous one
-    cost, then the bucket is charged the difference from the ConsumedCapacity DynamoDB
-    reported, so segments take turns instead of bursting together.
-    """
-    last_cost = 0.0
-    while True:
-        if read_budget is not None:
-            if last_cost > 0:
-                await read_budget.acquire(last_cost)
-            else:
-                await read_budget.wait_for_credit()
+    async def next_page() -> ScanPage:
         body = await client.scan_page(
             table,
             segment=segment,
@@ -78,10 +167,17 @@ async def scan_pages(
             consistent_read=consistent_read,
             limit=page_size,
         )
-        page = decode_scan_page(body)
-        if read_budget is not None:
-            read_budget.charge(page.consumed_capacity - last_cost)
-        last_cost = page.consumed_capacity
+        return decode_scan_page(body)
+
+    previous_cost: float | None = None
+    while True:
+        if read_budget is None:
+            page = await next_page()
+        else:
+            page = await read_budget.read(
+                next_page, previous_cost, consistent_read=consistent_read
+            )
+        previous_cost = page.consumed_capacity
         yield page
         if page.last_evaluated_key is None:
             return
@@ -104,7 +200,7 @@ class _Resources:
     client: DynamoClient
     store: ObjectStore
     progress: JobProgress
-    read_budget: TokenBucket | None
+    read_budget: ReadBudget | None
 
 
 async def run_segment(
@@ -114,7 +210,7 @@ async def run_segment(
     client: DynamoClient,
     store: ObjectStore,
     progress: JobProgress,
-    read_budget: TokenBucket | None = None,
+    read_budget: ReadBudget | None = None,
 ) -> SegmentCheckpoint:
     """Scan the segment from its checkpoint to the end; return the final checkpoint."""
     if checkpoint.done:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import TableNotFoundError
+
 __all__ = [
     "CREATE_FIELDS",
     "KeyAttributes",
@@ -37,6 +39,18 @@ def key_attributes(description: dict[str, Any]) -> KeyAttributes:
     types = {d["AttributeName"]: d["AttributeType"] for d in description["AttributeDefinitions"]}
     ordered = sorted(description["KeySchema"], key=lambda k: k["KeyType"] != "HASH")
     return tuple((k["AttributeName"], types[k["AttributeName"]]) for k in ordered)
+
+
+def refuse_a_table_being_deleted(description: dict[str, Any], fix: str) -> None:
+    """A table in DELETING still answers DescribeTable, but every later call fails with
+    ResourceNotFoundException: refuse it before anything is written."""
+    if description.get("TableStatus") != "DELETING":
+        return
+    table = description.get("TableName", "")
+    raise TableNotFoundError(
+        f"table '{table}' is being deleted (TableStatus DELETING): {fix}",
+        service="dynamodb", action="DescribeTable", resource=table,
+    )
 
 
 def describe_keys(keys: KeyAttributes) -> str:

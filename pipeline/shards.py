@@ -26,6 +26,7 @@ import tempfile
 import threading
 import zlib
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
@@ -38,7 +39,7 @@ import zstandard
 
 from . import codec
 from .config import Compression, Format
-from .errors import CorruptDataError
+from .errors import CorruptDataError, StorageError
 from .schema import KeyAttributes
 
 __all__ = [
@@ -180,12 +181,18 @@ class ShardWriter:
         self._checksums = Checksums()
         # Parquet only: the raw items until close, back to back, and where each one ends.
         self._spool_ends = array("q")
-        self._spool: BinaryIO | None = (
-            # Closed by close()/discard(): it lives as long as the writer, not a block.
-            tempfile.TemporaryFile(dir=spool_dir) if format == "parquet" else None  # noqa: SIM115
-        )
+        self._spool: BinaryIO | None = None
+        self._spool_dir = spool_dir
         self._compress, self._flush = _compressor(format, compression)
-        fd, self._path = tempfile.mkstemp(prefix="shard-", suffix=suffix, dir=spool_dir)
+        with self._temp_folder_errors():
+            if format == "parquet":
+                # Closed by close()/discard(): it lives as long as the writer, not a block.
+                self._spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+            try:
+                fd, self._path = tempfile.mkstemp(prefix="shard-", suffix=suffix, dir=spool_dir)
+            except OSError:
+                self._close_spool()
+                raise
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._done = False
 
@@ -203,6 +210,15 @@ class ShardWriter:
         self._check_open()
         if not items:
             return
+        try:
+            with self._temp_folder_errors():
+                self._add(items)
+        except BaseException:
+            self.discard()
+            raise
+        self._item_count += len(items)
+
+    def _add(self, items: Sequence[Any]) -> None:
         if self._spool is not None:
             self._spool.write(b"".join(items))
             ends = accumulate(map(len, items), initial=self._raw_bytes)
@@ -215,17 +231,17 @@ class ShardWriter:
             self._raw_bytes += sum(map(len, pieces)) - len(items) * _LINE_OVERHEAD
             for piece in pieces:
                 self._write(self._compress(piece))
-        self._item_count += len(items)
 
     def close(self) -> FinishedShard:
         """Finish the file and return its stats; the caller uploads and deletes ``path``."""
         self._check_open()
         try:
-            if self.format == "parquet":
-                self._write_parquet()
-            else:
-                self._write(self._flush())
-            self._file.close()
+            with self._temp_folder_errors():
+                if self.format == "parquet":
+                    self._write_parquet()
+                else:
+                    self._write(self._flush())
+                self._file.close()
         except BaseException:
             self.discard()
             raise
@@ -256,6 +272,18 @@ class ShardWriter:
         if not self._done:
             self.discard()
 
+    @contextlib.contextmanager
+    def _temp_folder_errors(self) -> Iterator[None]:
+        """A full or unwritable temporary folder is the user's to fix: one line naming it."""
+        try:
+            yield
+        except OSError as exc:
+            folder = self._spool_dir or tempfile.gettempdir()
+            raise StorageError(
+                f"cannot write a shard in the temporary folder {folder}: "
+                f"{exc.strerror or exc}: free space there or point TMPDIR at a folder with room"
+            ) from exc
+
     def _check_open(self) -> None:
         if self._done:
             raise ValueError("shard writer is already closed")
@@ -270,30 +298,66 @@ class ShardWriter:
             self._spool.close()
             self._spool = None
 
-    def _spooled_items(self) -> list[bytes]:
+    def _spooled_chunks(self) -> Iterator[list[bytes]]:
+        """The spooled items in order, in runs of about ``codec.DECODE_CHUNK_BYTES``."""
         assert self._spool is not None
         self._spool.seek(0)
-        # Slicing bytes (a copy) is faster than slicing a memoryview (an object per slice).
-        data = self._spool.read()
-        self._close_spool()
         ends = self._spool_ends
-        starts = chain((0,), ends)  # one longer than ends: its last value is the total
-        return [data[start:end] for start, end in zip(starts, ends, strict=False)]
+        row, offset = 0, 0
+        while row < len(ends):
+            stop = min(len(ends), bisect_left(ends, offset + codec.DECODE_CHUNK_BYTES, row) + 1)
+            data = self._spool.read(ends[stop - 1] - offset)
+            chunk_ends = ends[row:stop]
+            # Slicing bytes (a copy) is faster than slicing a memoryview (an object per slice).
+            starts = chain((offset,), chunk_ends)
+            yield [data[start - offset : end - offset]
+                   for start, end in zip(starts, chunk_ends, strict=False)]
+            row, offset = stop, ends[stop - 1]
+
+    def _spooled_item_array(self, start: int, stop: int) -> pa.Array:
+        """The ``_item`` column of rows ``start`` to ``stop``, read back from the spool."""
+        assert self._spool is not None
+        ends = self._spool_ends
+        first = ends[start - 1] if start else 0
+        self._spool.seek(first)
+        data = self._spool.read(ends[stop - 1] - first)
+        offsets = array("q", [0])
+        offsets.extend(map(first.__rsub__, ends[start:stop]))  # end - first, at C speed
+        return codec.item_array(data, offsets)
 
     def _write_parquet(self) -> None:
         with _parquet_conversions:
             self._convert_to_parquet()
+        self._close_spool()
 
     def _convert_to_parquet(self) -> None:
-        table = codec.items_to_arrow(self._spooled_items(), self.key_attributes)
-        pq.write_table(
-            table,
+        """Typed columns of the whole shard first (their types depend on every item), then
+        one row group at a time with its ``_item`` values read back from the spool: what a
+        conversion holds is the typed values (about half the shard's raw bytes) and one row
+        group's items, not the shard's items several times over."""
+        keys = self.key_attributes
+        typed = codec.typed_columns(self._spooled_chunks(), keys)
+        rows = typed.num_rows
+        schema = codec.with_item_column(
+            typed.slice(0, 0), pa.array([], pa.large_string()), keys
+        ).schema
+        with pq.ParquetWriter(
             _HashingFile(self._file, self._checksums),
-            row_group_size=PARQUET_ROW_GROUP_ROWS,
+            schema,
             compression=PARQUET_COMPRESSION,
             # Page CRCs let a reader tell flipped bytes from data (see _parquet_items).
             write_page_checksum=True,
-        )
+        ) as parquet:
+            for start in range(0, rows, PARQUET_ROW_GROUP_ROWS):
+                stop = min(rows, start + PARQUET_ROW_GROUP_ROWS)
+                # Not kept in a name: the last group's items would live on during the next read.
+                parquet.write_table(
+                    codec.with_item_column(
+                        typed.slice(start, stop - start), self._spooled_item_array(start, stop),
+                        keys,
+                    ),
+                    row_group_size=PARQUET_ROW_GROUP_ROWS,
+                )
 
 
 _LINE_OVERHEAD = len(b'{"Item":}\n')

@@ -61,6 +61,7 @@ from .manifest import (
 from .progress import JobProgress
 from .ratelimit import TokenBucket
 from .retry import Clock, SystemClock
+from .scan import read_bucket
 from .storage import ObjectInfo, ObjectStore, open_store
 from .thaw import refuse_frozen
 
@@ -339,4 +340,4 @@ async def _run_drill(
 
 
 def _read_budget(settings: DrillSettings, clock: Clock) -> TokenBucket | None:
-    return TokenBucket(settings.max_rcu, clock=clock) if settings.max_rcu else None
+    return read_bucket(settings.max_rcu, clock) if settings.max_rcu else None

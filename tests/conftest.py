@@ -7,6 +7,7 @@ real AWS account.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools import services  # noqa: E402
 
 services.use_local_credentials()
+
+# Hypothesis profiles (tests/test_codec_properties.py). "ci", the default, is small and
+# derandomized so every run tries the same examples; DDBPIPE_HYPOTHESIS_PROFILE=deep searches
+# ten times wider (several minutes) with a fresh seed each run, and replays its failures from
+# .hypothesis/ (which ignores itself in git).
+with contextlib.suppress(ImportError):  # a venv from before hypothesis joined the dev extra
+    from hypothesis import settings as hypothesis_settings
+
+    hypothesis_settings.register_profile(
+        "ci", max_examples=100, deadline=None, derandomize=True, database=None,
+        print_blob=True,
+    )
+    hypothesis_settings.register_profile(
+        "deep", max_examples=1000, deadline=None, print_blob=True
+    )
+    hypothesis_settings.load_profile(os.environ.get("DDBPIPE_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

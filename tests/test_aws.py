@@ -5,10 +5,12 @@ has a test here that holds both services to the same answer."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, CredentialRetrievalError, EndpointConnectionError
 
 from ddbpipe import aws
 from ddbpipe.aws import AwsCall, error_from_exception, error_from_reply
@@ -27,6 +29,7 @@ from ddbpipe.errors import (
     ThrottledError,
 )
 from ddbpipe.storage import S3Store
+from tools.fault_endpoint import ROTATING_PROFILE, write_rotating_profile
 
 DYNAMODB_SCAN = AwsCall("dynamodb", "Scan", resource="orders", region="eu-west-1")
 S3_PUT = AwsCall("s3", "PutObject", resource="bkt", location="s3://bkt/pre/data/k")
@@ -97,6 +100,46 @@ def test_every_throttle_code_throttles_both_services(call: AwsCall, code: str) -
 @pytest.mark.parametrize("call", BOTH, ids=str)
 def test_http_429_without_a_known_code_is_a_throttle(call: AwsCall) -> None:
     assert type(error_from_reply(call, 429, "")) is ThrottledError
+
+
+# --- credentials that expire ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", BOTH, ids=str)
+@pytest.mark.parametrize("code", sorted(aws.EXPIRED_TOKEN_CODES))
+def test_expired_token_codes_say_renew_for_both_services(call: AwsCall, code: str) -> None:
+    assert aws.is_expired_token(call, 400, code)
+    # Refused again after the renewal, they are what the map says: credentials to fix.
+    assert type(error_from_reply(call, 400, code, "expired")) is CredentialsError
+
+
+def test_a_bare_400_to_an_s3_head_may_be_an_expired_token() -> None:
+    head = AwsCall("s3", "HeadObject", resource="bkt", location="s3://bkt/pre/k")
+    assert aws.is_expired_token(head, 400, "400")
+    assert not aws.is_expired_token(head, 403, "403")
+    assert not aws.is_expired_token(S3_PUT, 400, "400")
+    assert not aws.is_expired_token(DYNAMODB_SCAN, 400, "")
+    error = error_from_reply(head, 400, "400", "Bad Request")
+    assert type(error) is AwsRequestError
+    assert "expired credentials" in str(error) and "--region" in str(error)
+
+
+def test_a_credential_source_that_fails_is_a_credentials_error() -> None:
+    failure = CredentialRetrievalError(provider="process", error_msg="session ended")
+    error = error_from_exception(S3_PUT, failure, "http://s3.local")
+    assert type(error) is CredentialsError and "session ended" in str(error)
+
+
+def test_fresh_credentials_ask_the_source_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    static = [aws.fresh_credentials(AwsOptions()).get_frozen_credentials() for _ in range(2)]
+    assert static[0] == static[1]  # the environment's: the same each time
+    config = write_rotating_profile(tmp_path, access_key="ddbpipelocal", secret_key="secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    options = AwsOptions(profile=ROTATING_PROFILE)
+    tokens = {aws.fresh_credentials(options).get_frozen_credentials().token for _ in range(2)}
+    assert len(tokens) == 2
 
 
 # --- the rest of the map -------------------------------------------------------------------
@@ -188,3 +231,27 @@ def test_endpoints_follow_the_aws_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     given = AwsOptions(endpoint_url="http://ddb:3", s3_endpoint_url="http://s3:4")
     assert (aws.dynamodb_endpoint(given, "x"), aws.s3_endpoint(given)) == (
         "http://ddb:3", "http://s3:4")
+
+
+def test_request_logs_lose_the_session_token_and_signature_in_every_shape() -> None:
+    token = "FwoGZXIvYXdzEJr//token+value="
+    signature = "AWS4-HMAC-SHA256 Credential=AK/x, Signature=ab"
+    headers = (f"{{'X-Amz-Security-Token': b'{token}', 'Authorization': b'{signature}', "
+               "'Host': 'h'}")
+    canonical = f"PUT\n/b/k\n\nhost:h\nx-amz-security-token:{token}\n\nhost;x-amz-security-token"
+    presigned = f"https://b.s3.amazonaws.com/k?X-Amz-Security-Token={token}&X-Amz-Expires=60"
+    for text in (headers, canonical, presigned):
+        hidden = aws.hide_credentials(text)
+        assert token not in hidden and "<hidden>" in hidden, hidden
+    assert "Signature=ab" not in aws.hide_credentials(headers)
+    assert "'Host': 'h'" in aws.hide_credentials(headers)  # the rest stays readable
+    assert "X-Amz-Expires=60" in aws.hide_credentials(presigned)
+
+
+def test_botocore_request_loggers_hide_credentials_whoever_turns_them_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="botocore.endpoint"):
+        logging.getLogger("botocore.endpoint").debug(
+            "Sending http request: %s", "{'X-Amz-Security-Token': b'secret-token'}")
+    assert "secret-token" not in caplog.text and "<hidden>" in caplog.text

@@ -202,3 +202,17 @@ def test_stats_time_series_counts_accepted_wcu_per_second() -> None:
     assert (stats.calls_with_unprocessed, stats.throttled_requests) == (1, 1)
     table.reset_stats()
     assert table.stats().items_sent == 0
+
+
+def test_reads_are_metered_in_the_second_they_started() -> None:
+    clock = ManualClock()
+    table = TableCapacity(SimulatedTable(wcu=10), clock=clock)
+    table.charge_read(2.0)
+    started = table.now()
+    clock.advance(1.2)
+    table.charge_read(3.0, started_at=started)  # a slow read, counted when it began
+    table.charge_read(1.5)
+    stats = table.stats()
+    assert stats.rcu_per_second == ((0, 5.0), (1, 1.5))
+    assert stats.consumed_rcu == 6.5
+    assert stats.throttled_reads == 0

@@ -219,6 +219,22 @@ def test_reads_are_throttled_when_the_read_bucket_runs_dry(
     assert stats.throttled_reads == 1
 
 
+def test_reads_of_a_configured_table_are_metered_even_when_not_throttled(
+    simulator: CapacitySimulator, simulated_client: Any, make_table: Callable[..., str]
+) -> None:
+    table = make_table([padded_item(f"k{index}", 4000) for index in range(10)])
+    simulator.configure(table, wcu=100)  # no rcu: reads are never throttled
+    pages = [
+        simulated_client.scan(TableName=table, Limit=limit, ReturnConsumedCapacity="TOTAL")
+        for limit in (3, 10, 10)
+    ]
+    reported = sum(page["ConsumedCapacity"]["CapacityUnits"] for page in pages)
+    stats = simulator.stats(table)
+    assert stats.consumed_rcu == reported > 0
+    assert sum(units for _, units in stats.rcu_per_second) == reported
+    assert stats.throttled_reads == 0
+
+
 def test_stats_add_up_over_many_batches(
     simulator: CapacitySimulator,
     simulated_client: Any,

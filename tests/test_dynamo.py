@@ -1,21 +1,24 @@
 """DynamoClient against the real DynamoDB Local, and its error mapping and retries against a
-small HTTP server that answers with DynamoDB's own error replies."""
+small HTTP server that answers with DynamoDB's own error replies; credentials that expire
+against a ``MockTransport``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from botocore.credentials import Credentials
 
 from ddbpipe.aws import default_dynamodb_endpoint
 from ddbpipe.config import AwsOptions
-from ddbpipe.dynamo import DynamoClient
+from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport
 from ddbpipe.errors import (
     AccessDeniedError,
     AwsRequestError,
@@ -27,6 +30,7 @@ from ddbpipe.errors import (
 )
 from ddbpipe.retry import ManualClock, RetryPolicy
 from tests.endpoints import serving as serve_post
+from tools.fault_endpoint import ROTATING_PROFILE, write_rotating_profile
 from tools.services import free_port
 
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
@@ -442,3 +446,98 @@ def test_cancelling_during_backoff_raises_cancelled_error_promptly() -> None:
                     await asyncio.wait_for(call, timeout=1)
 
     asyncio.run(scenario())
+
+
+# --- credentials that expire -------------------------------------------------------------------
+
+
+class ExpiringDynamo:
+    """Refuses, as DynamoDB does, every request signed with an expired session token; answers
+    the others. ``tokens`` holds the token of every request, in order."""
+
+    def __init__(self, expired: set[str]) -> None:
+        self.expired = expired
+        self.tokens: list[str] = []
+
+    def handle(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        token = headers.get("X-Amz-Security-Token", "")
+        self.tokens.append(token)
+        status, document = OK
+        if token in self.expired:
+            status, document = error_reply(400, "ExpiredTokenException", "token expired")
+        reply = json.dumps(document).encode()
+        return HttpReply(status, {"x-amz-crc32": str(zlib.crc32(reply))}, reply)
+
+
+def session_credentials(token: str) -> Credentials:
+    return Credentials("ddbpipelocal", "ddbpipelocal", token)
+
+
+def expiring_client(service: ExpiringDynamo, renewed: list[str] | None) -> DynamoClient:
+    """A client signing with token "old" that renews its credentials to the ``renewed``
+    tokens in turn (None: it cannot renew them). One attempt per call: a resend after a
+    renewal is not a retry."""
+    tokens = iter(renewed or [])
+    return DynamoClient(
+        region="us-east-1", endpoint=default_dynamodb_endpoint("us-east-1"),
+        credentials=session_credentials("old"),
+        renew_credentials=None if renewed is None else lambda: session_credentials(next(tokens)),
+        retry=RetryPolicy(max_attempts=1), transport=MockTransport(service.handle),
+        clock=ManualClock(),
+    )
+
+
+def test_expired_credentials_are_renewed_once_and_the_call_sent_again() -> None:
+    service = ExpiringDynamo(expired={"old"})
+    client = expiring_client(service, renewed=["new"])
+    assert asyncio.run(client.describe_table("canned")) == {"TableName": "canned"}
+    assert service.tokens == ["old", "new"]
+    assert (client.credentials_renewed, client.retries) == (1, 0)
+
+
+def test_credentials_that_expire_again_are_one_credentials_error() -> None:
+    service = ExpiringDynamo(expired={"old"})
+    client = expiring_client(service, renewed=["old"])  # static: renewing gives them back
+    with pytest.raises(CredentialsError) as caught:
+        asyncio.run(client.describe_table("canned"))
+    message = str(caught.value)
+    assert "dynamodb:DescribeTable on 'canned' (ExpiredTokenException" in message
+    assert "\n" not in message
+    assert service.tokens == ["old", "old"]
+
+
+def test_credentials_that_cannot_be_renewed_stop_at_the_first_expiry() -> None:
+    service = ExpiringDynamo(expired={"old"})
+    with pytest.raises(CredentialsError, match="ExpiredTokenException"):
+        asyncio.run(expiring_client(service, renewed=None).describe_table("canned"))
+    assert service.tokens == ["old"]
+
+
+def test_calls_refused_together_renew_the_credentials_once() -> None:
+    service = ExpiringDynamo(expired={"old"})
+    client = expiring_client(service, renewed=["new", "newer"])
+
+    async def describe_many() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(client.describe_table("canned") for _ in range(8)))
+
+    assert asyncio.run(describe_many()) == [{"TableName": "canned"}] * 8
+    assert client.credentials_renewed == 1
+    assert sorted(service.tokens) == ["new"] * 8 + ["old"] * 8
+
+
+def test_an_opened_client_renews_credentials_from_the_profile_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_rotating_profile(tmp_path, access_key="ddbpipelocal", secret_key="secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    service = ExpiringDynamo(expired=set())
+
+    def expire_the_first(url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        service.expired = service.expired or {headers["X-Amz-Security-Token"]}
+        return service.handle(url, body, headers)
+
+    options = AwsOptions(profile=ROTATING_PROFILE, region="us-east-1")
+    client = DynamoClient.open(options, transport=MockTransport(expire_the_first))
+    assert asyncio.run(client.describe_table("canned")) == {"TableName": "canned"}
+    first, renewed = service.tokens
+    assert first != renewed and client.credentials_renewed == 1

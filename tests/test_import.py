@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,20 @@ import pytest
 
 import ddbpipe
 from ddbpipe.batching import MAX_BATCH_REQUESTS
-from ddbpipe.config import ImportOptions
-from ddbpipe.import_job import MIN_BURST_WCU
-from ddbpipe.manifest import MANIFEST_KEY
-from tests.exports import FIDELITY_ITEMS, plain_items, scan_table, sorted_items
+from ddbpipe.config import AwsOptions, ImportOptions
+from ddbpipe.import_job import MIN_BURST_WCU, run_import
+from ddbpipe.import_state import DEFAULT_CHECKPOINT_INTERVAL, ImportCheckpoint
+from ddbpipe.manifest import MANIFEST_KEY, decode_manifest
+from ddbpipe.progress import JobProgress
+from ddbpipe.retry import ManualClock
+from tests.exports import (
+    FIDELITY_ITEMS,
+    normalized,
+    plain_items,
+    read_local_export,
+    scan_table,
+    sorted_items,
+)
 from tests.test_sources import full_lines, local_put, s3_put, write_aws_export
 
 DDBPIPE = [sys.executable, "-m", "ddbpipe.cli.main"]
@@ -299,41 +312,154 @@ def test_missing_table_without_create_table_is_refused(
     assert not list(tmp_path.glob("ddbpipe-import-*"))
 
 
+# --- resuming -------------------------------------------------------------------------------
+
+#: The killed import runs at a low rate with few calls at once, so what a kill may cost (one
+#: checkpoint interval's writes and the records in flight) is small next to the table.
+KILLED_RATE = 200.0
+KILLED_CONCURRENCY = 4
 KILLABLE_IMPORT = """
 import sys, ddbpipe
-ddbpipe.import_table(sys.argv[1], sys.argv[2], target_wcu=600, endpoint_url=sys.argv[3])
+from ddbpipe.config import AwsOptions, ImportOptions
+source, table, endpoint, rate, concurrency = sys.argv[1:]
+ddbpipe.import_table(ImportOptions(source=source, table=table, target_wcu=float(rate),
+                                   concurrency=int(concurrency),
+                                   aws=AwsOptions(endpoint_url=endpoint)))
 """
 
 
+def writer_buffer(concurrency: int) -> int:
+    """The most records the writer holds read and not finished (``TableWriter``'s default
+    ``buffer_records``): a bound on what is in flight."""
+    return concurrency * MAX_BATCH_REQUESTS * 4
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def count_items(client: Any, table: str) -> int:
+    return len(scan_table(client, table))
+
+
 def test_killed_import_resumes_to_exactly_the_source(
-    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
+    tmp_path: Path, dynamodb_local: Any, capacity_simulator: Any, make_table: Any,
+    dynamodb_client: Any,
 ) -> None:
-    items = [{"pk": {"S": f"k{i:05d}"}, "pad": {"S": "p" * 990}} for i in range(3000)]
+    # ~1 KB items (one WCU each) in 4 shards, all open at once: a kill finds each in progress.
+    total = 3000
+    items = [{"pk": {"S": f"k{i:05d}"}, "pad": {"S": "p" * 990}} for i in range(total)]
     source_table = make_table(items)
-    dest = export(source_table, tmp_path / "export", endpoint, segments=4,
-                  shard_bytes=64 * 1024, page_size=40)
+    dest = export(source_table, tmp_path / "export", dynamodb_local.endpoint, segments=4)
     target = make_table()
+    # The simulator only meters here (far more capacity than asked): it counts the items
+    # each run sends.
+    capacity_simulator.configure(target, wcu=100_000, partitions=100)
     checkpoint = tmp_path / f"ddbpipe-import-{target}.checkpoint.json"
-    process = subprocess.Popen([sys.executable, "-c", KILLABLE_IMPORT, str(dest), target,
-                                endpoint], cwd=tmp_path, env=os.environ.copy())
-    deadline = time.monotonic() + 60
+    errors = tmp_path / "killed.stderr"
+    with errors.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLABLE_IMPORT, str(dest), target,
+             capacity_simulator.endpoint, str(KILLED_RATE), str(KILLED_CONCURRENCY)],
+            cwd=tmp_path, env=os.environ.copy(), stderr=stderr)
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if checkpoint.exists() and len(json.loads(checkpoint.read_text())["done"]) >= 3:
+        if capacity_simulator.stats(target).items_accepted >= 0.6 * total:
             break
-        time.sleep(0.02)
-    assert process.poll() is None, "the import finished before it could be killed"
+        time.sleep(0.01)
+    assert process.poll() is None, f"the import ended before the kill: {errors.read_text()}"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    written_before = dynamodb_client.scan(TableName=target, Select="COUNT")["Count"]
-    assert 0 < written_before < 3000
-    refused = run("import", str(dest), target, "--endpoint-url", endpoint, cwd=tmp_path)
+    written_before = count_items(dynamodb_client, target)
+    assert 0 < written_before < total
+    assert mode_of(checkpoint) == 0o600
+    refused = run("import", str(dest), target, "--endpoint-url", dynamodb_local.endpoint,
+                  cwd=tmp_path)
     assert refused.returncode == 1 and "--resume" in refused.stderr
+    capacity_simulator.reset_stats(target)
     result = run("import", str(dest), target, "--resume", "--json", "--target-wcu", "20000",
-                 "--endpoint-url", endpoint, cwd=tmp_path)
+                 "--endpoint-url", capacity_simulator.endpoint, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["resumed"]
+    summary = json.loads(result.stdout)
+    assert summary["resumed"]
+    assert summary["items_read"] == summary["items_written"] == total
     assert table_items(dynamodb_client, target) == table_items(dynamodb_client, source_table)
     assert not checkpoint.exists()
+    rewritten = capacity_simulator.stats(target).items_accepted - (total - written_before)
+    # A kill costs the records in flight and what one checkpoint interval can write. The
+    # bucket holds the rate to the target whatever the machine's load (load only slows the
+    # import), plus its burst; files checkpointed only when finished would rewrite about
+    # everything written before the kill.
+    burst = max(KILLED_RATE / 10, MIN_BURST_WCU)
+    most = writer_buffer(KILLED_CONCURRENCY) + KILLED_RATE * DEFAULT_CHECKPOINT_INTERVAL + burst
+    assert 0 <= rewritten <= most, (rewritten, written_before)
+
+
+def test_a_cancelled_import_saves_where_it_got_and_a_resume_writes_only_the_rest(
+    tmp_path: Path, capacity_simulator: Any, make_table: Any, dynamodb_client: Any
+) -> None:
+    folder = tmp_path / "loose"
+    total = 3000
+    items = plain_items(total)
+    for part in range(3):
+        write_loose(folder / f"part-{part}.json", items[part * 1000 : (part + 1) * 1000])
+    target = make_table()
+    capacity_simulator.configure(target, wcu=100_000, partitions=100)  # meters only
+    concurrency = 2
+    options = ImportOptions(source=str(folder), table=target, target_wcu=40_000,
+                            concurrency=concurrency,
+                            aws=AwsOptions(endpoint_url=capacity_simulator.endpoint))
+
+    async def cancel_midway() -> None:
+        progress = JobProgress()
+        # An interval the clock never reaches: only the save at shutdown can keep the progress.
+        job = asyncio.ensure_future(
+            run_import(options, progress, clock=ManualClock(), checkpoint_interval=1e9))
+        while progress.items < 0.3 * total and not job.done():
+            await asyncio.sleep(0.005)
+        assert not job.done(), "the import finished before it could be cancelled"
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+
+    asyncio.run(cancel_midway())
+    written_before = count_items(dynamodb_client, target)
+    checkpoint = Path(options.checkpoint_path)
+    assert mode_of(checkpoint) == 0o600
+    files = json.loads(checkpoint.read_text())["files"]
+    assert 0 < sum(file["watermark"] for file in files.values()) <= written_before
+    capacity_simulator.reset_stats(target)
+    resumed = replace(options, resume=True)
+    summary = asyncio.run(run_import(resumed, clock=ManualClock()))
+    assert (summary.items_read, summary.items_written, summary.items_dead_lettered) == (
+        total, total, 0)
+    assert count_items(dynamodb_client, target) == total
+    # Every acknowledged record was saved at shutdown: only those in flight are sent again.
+    rewritten = capacity_simulator.stats(target).items_accepted - (total - written_before)
+    assert 0 <= rewritten <= writer_buffer(concurrency), (rewritten, written_before)
+
+
+@pytest.mark.parametrize("data_format", ["ndjson", "parquet"])
+def test_a_resumed_file_starts_at_its_watermark_and_sends_nothing_below(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any, data_format: Any
+) -> None:
+    dest = export(make_table(plain_items(300)), tmp_path / "export", endpoint, segments=1,
+                  format=data_format)
+    manifest = decode_manifest((dest / MANIFEST_KEY).read_bytes())
+    (shard,) = manifest.shards
+    target = make_table()
+    # The state a kill leaves: the first 120 records of the shard finished.
+    path = tmp_path / "state.json"
+    checkpoint = ImportCheckpoint.start(path, source=str(dest), table=target,
+                                        export_id=manifest.plan.export_id, clock=ManualClock())
+    file = checkpoint.begin(shard.key, size=shard.stored_bytes)
+    for position in range(120):
+        file.finish(position)
+    checkpoint.save()
+    summary = ddbpipe.import_table(str(dest), target, resume=True, checkpoint=str(path),
+                                   endpoint_url=endpoint)
+    assert (summary.items_read, summary.items_written) == (300, 300)
+    assert table_items(dynamodb_client, target) == sorted_items(read_local_export(dest)[120:])
 
 
 def test_a_resumed_import_dead_letters_each_bad_item_once_and_reports_the_whole_import(
@@ -341,20 +467,30 @@ def test_a_resumed_import_dead_letters_each_bad_item_once_and_reports_the_whole_
 ) -> None:
     folder = tmp_path / "loose"
     items = plain_items(20)
-    big = [{"pk": {"S": f"too-big-{name}"}, "blob": {"S": "x" * 420_000}} for name in "ab"]
+    big = [{"pk": {"S": f"too-big-{name}"}, "blob": {"S": "x" * 420_000}} for name in "abc"]
     write_loose(folder / "a.json", [*items[:10], big[0]])
-    write_loose(folder / "b.json", [*items[10:], big[1]])
+    b_records = [*items[10:15], big[1], *items[15:], big[2]]
+    write_loose(folder / "b.json", b_records)
     target = make_table()
-    # The state a kill leaves: a.json finished (10 written, 1 dead letter); b.json in
-    # progress, its bad item already dead-lettered, and a last line cut off.
+    # The state a kill leaves: a.json done (10 written, 1 dead letter at position 10);
+    # b.json finished below position 8 (7 written, its bad item at 5 dead-lettered), its
+    # other bad item (11) dead-lettered too, but above the watermark, and a last line cut off.
     checkpoint = tmp_path / "state.json"
+    sizes = {name: (folder / name).stat().st_size for name in ("a.json", "b.json")}
     checkpoint.write_bytes(msgspec.json.encode({
-        "version": 1, "source": str(folder), "table": target, "export_id": None,
-        "done": ["a.json"], "items_written": 10, "items_dead_lettered": 1,
+        "version": 2, "source": str(folder), "table": target, "export_id": None,
+        "files": {
+            "a.json": {"size": sizes["a.json"], "watermark": 11, "dead_lettered": 1,
+                       "done": True},
+            "b.json": {"size": sizes["b.json"], "watermark": 8, "dead_lettered": 1,
+                       "done": False},
+        },
     }))
     dead_letter = tmp_path / "dead.jsonl"
-    earlier = [{"reason": "too big", "source": f"{name}.json", "kind": "put", "Item": item}
-               for name, item in zip("ab", big, strict=True)]
+    earlier = [{"reason": "too big", "source": source, "position": position, "kind": "put",
+                "Item": item}
+               for source, position, item in [("a.json", 10, big[0]), ("b.json", 5, big[1]),
+                                               ("b.json", 11, big[2])]]
     dead_letter.write_bytes(b"".join(msgspec.json.encode(line) + b"\n" for line in earlier)
                             + b'{"reason": "too big", "sou')
     result = run("import", str(folder), target, "--resume", "--json", "--checkpoint",
@@ -363,9 +499,30 @@ def test_a_resumed_import_dead_letters_each_bad_item_once_and_reports_the_whole_
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["items_read"], summary["items_written"], summary["items_dead_lettered"]) == (
-        22, 20, 2)
+        11 + 12, 10 + 10, 3)
     letters = [json.loads(line) for line in dead_letter.read_text().splitlines()]
-    assert sorted((x["source"], x["Item"]["pk"]["S"]) for x in letters) == [
-        ("a.json", "too-big-a"), ("b.json", "too-big-b")]
-    # Only b.json was written by this run: a.json counted as done in the checkpoint.
-    assert dynamodb_client.scan(TableName=target, Select="COUNT")["Count"] == 10
+    assert sorted((x["source"], x["position"], x["Item"]["pk"]["S"]) for x in letters) == [
+        ("a.json", 10, "too-big-a"), ("b.json", 5, "too-big-b"), ("b.json", 11, "too-big-c")]
+    assert mode_of(dead_letter) == 0o600
+    # This run wrote only b.json's records from its watermark on: the rest were counted done.
+    assert table_items(dynamodb_client, target) == sorted_items(
+        [normalized(item) for item in b_records[8:11]])
+
+
+def test_a_checkpoint_of_an_older_ddbpipe_is_refused_in_one_line(
+    tmp_path: Path, endpoint: str, make_table: Any, dynamodb_client: Any
+) -> None:
+    folder = tmp_path / "loose"
+    write_loose(folder / "a.json", plain_items(5))
+    target = make_table()
+    checkpoint = tmp_path / "state.json"
+    checkpoint.write_bytes(msgspec.json.encode({
+        "version": 1, "source": str(folder), "table": target, "export_id": None,
+        "done": [], "items_written": 0, "items_dead_lettered": 0,
+    }))
+    result = run("import", str(folder), target, "--resume", "--checkpoint", str(checkpoint),
+                 "--endpoint-url", endpoint, cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "older ddbpipe" in line and "without --resume" in line
+    assert count_items(dynamodb_client, target) == 0

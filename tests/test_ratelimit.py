@@ -132,6 +132,21 @@ def test_acquire_above_burst_waits_for_a_full_bucket_then_owes_the_rest() -> Non
     assert clock.monotonic() == pytest.approx(1.5)
 
 
+def test_a_reservation_settled_below_its_estimate_is_refunded_up_to_the_burst() -> None:
+    clock = ManualClock()
+    bucket = TokenBucket(10, burst=5, clock=clock)
+
+    async def scenario() -> None:
+        await bucket.acquire(128)  # a worst-case estimate: waits only for a full bucket
+        assert clock.monotonic() == 0
+        bucket.charge(2 - 128)  # the reply: it cost 2
+        assert bucket.balance == pytest.approx(3)
+        bucket.charge(-100)
+        assert bucket.balance == pytest.approx(5)
+
+    asyncio.run(scenario())
+
+
 def test_many_concurrent_waiters_all_proceed_in_arrival_order() -> None:
     clock = ManualClock()
     bucket = TokenBucket(10, burst=1, clock=clock)
@@ -359,6 +374,21 @@ def test_slow_start_doubles_every_quarter_second_up_to_the_target() -> None:
         clock.advance(0.25)
         controller.on_success(10)
         assert controller.rate == pytest.approx(expected)
+
+
+def test_a_waiter_on_a_slow_start_waits_at_the_doubling_rate() -> None:
+    # The debt would take 2 s at the starting rate; the rate doubles every quarter second
+    # while the waiter waits, with no reply to tell the controller the time.
+    clock = ManualClock()
+    bucket = TokenBucket(1000, burst=100, clock=clock)
+    AdaptiveRate(1000, bucket=bucket, clock=clock, slow_start=1 / 8)
+    assert bucket.rate == pytest.approx(125)
+    bucket.charge(350)
+
+    asyncio.run(bucket.wait_for_credit())
+    # 125, 250 and 500 units/s for a quarter second each, then the 31.25 left at 1,000/s.
+    assert clock.monotonic() == pytest.approx(0.78125)
+    assert bucket.rate == 1000
 
 
 def test_slow_start_ends_at_the_first_throttle() -> None:

@@ -2,7 +2,8 @@
 
 botocore's retries are proven through a faulty proxy in front of moto (real HTTP error
 replies); what botocore cannot retry (a body that drops mid-read) through a client that
-wraps the real one and drops the connection, given to the store as its client factory.
+wraps the real one and drops the connection, given to the store as its client factory;
+credentials that expire through the fault endpoint (``tools/fault_endpoint.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from botocore.exceptions import ResponseStreamingError
@@ -23,6 +24,7 @@ from botocore.exceptions import ResponseStreamingError
 from ddbpipe.config import AwsOptions
 from ddbpipe.errors import (
     AccessDeniedError,
+    AwsRequestError,
     BucketNotFoundError,
     ConfigError,
     CredentialsError,
@@ -37,6 +39,14 @@ from ddbpipe.storage.s3 import ClientFactory, S3Store, default_client_factory
 from ddbpipe.storage.uploads import MULTIPART_THRESHOLD
 from tests.endpoints import faulty_s3_proxy
 from tests.stores import NO_WAIT, S3_PREFIX, StoreFactory, md5, run, s3_store_factory, write_file
+from tools.fault_endpoint import (
+    ROTATING_PROFILE,
+    FaultCounts,
+    FaultEndpoint,
+    write_rotating_profile,
+)
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -453,3 +463,82 @@ def test_an_archived_object_is_frozen_until_restored(s3_store: StoreFactory) -> 
             assert not thawed.frozen and await store.get_bytes("data/cold") == b"x" * 100
 
     run(s3_store, scenario)
+
+
+# -- credentials that expire (botocore does not retry ExpiredToken) ------------------------
+
+
+@pytest.fixture
+def rotating_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A profile whose credentials get a new session token each time they are resolved."""
+    config = write_rotating_profile(tmp_path, access_key="ddbpipelocal", secret_key="secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    return ROTATING_PROFILE
+
+
+def through_expiring_endpoint(
+    s3_server: Any, bucket: str, profile: str | None, scenario: Callable[[S3Store], Awaitable[T]]
+) -> tuple[T | DdbpipeError, FaultCounts]:
+    """Run ``scenario`` on a store behind an endpoint that says the credentials of its first
+    request expired (and refuses them from then on): its result or error, and what the
+    endpoint saw."""
+    with FaultEndpoint(s3_server.endpoint, service="s3", rate=1.0,
+                       kinds=["expired_token"]).start() as endpoint:
+        options = AwsOptions(profile=profile, s3_endpoint_url=endpoint.endpoint)
+        outcome: T | DdbpipeError
+        try:
+            outcome = run(lambda: S3Store(bucket, S3_PREFIX, options, retry=NO_WAIT), scenario)
+        except DdbpipeError as error:
+            outcome = error
+        return outcome, endpoint.counts()
+
+
+def test_s3_expired_credentials_are_renewed_once_on_a_new_client(
+    s3_server: Any, s3_bucket: str, rotating_profile: str
+) -> None:
+    async def put_then_head(store: S3Store) -> ObjectInfo | None:
+        await store.put_bytes("k", b"v")
+        return await store.head("k")
+
+    outcome, counts = through_expiring_endpoint(s3_server, s3_bucket, rotating_profile,
+                                                put_then_head)
+    assert outcome == ObjectInfo(key="k", size=1, etag=md5(b"v"))
+    assert counts.faults == {"expired_token": 1}
+    assert counts.forwarded == {"PUT": 1, "HEAD": 1}
+
+
+def test_s3_a_bare_400_to_a_head_may_be_an_expired_token_too(
+    s3_server: Any, s3_bucket: str, rotating_profile: str
+) -> None:
+    async def head(store: S3Store) -> ObjectInfo | None:
+        return await store.head("missing")  # S3 answers HEAD without a body
+
+    outcome, counts = through_expiring_endpoint(s3_server, s3_bucket, rotating_profile, head)
+    assert outcome is None
+    # botocore itself asks the bucket's region after a bare 400 (with the same credentials).
+    assert counts.forwarded == {"HEAD": 1} and counts.faults["expired_token"] >= 1
+
+
+def test_s3_static_credentials_that_expired_are_one_credentials_error(
+    s3_server: Any, s3_bucket: str
+) -> None:
+    async def put(store: S3Store) -> ObjectInfo:
+        return await store.put_bytes("k", b"v")
+
+    outcome, counts = through_expiring_endpoint(s3_server, s3_bucket, None, put)
+    assert isinstance(outcome, CredentialsError), outcome
+    assert f"s3:PutObject on s3://{s3_bucket}/{S3_PREFIX}k (ExpiredToken" in str(outcome)
+    assert "\n" not in str(outcome)
+    assert counts.requests == 2  # renewed once, refused again: no more
+
+
+def test_s3_a_head_refused_bare_twice_names_the_likely_causes(
+    s3_server: Any, s3_bucket: str
+) -> None:
+    async def head(store: S3Store) -> ObjectInfo | None:
+        return await store.head("k")
+
+    outcome, counts = through_expiring_endpoint(s3_server, s3_bucket, None, head)
+    assert isinstance(outcome, AwsRequestError), outcome
+    assert "bare HTTP 400" in str(outcome) and "expired credentials" in str(outcome)
+    assert counts.forwarded == {}

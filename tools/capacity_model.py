@@ -178,6 +178,9 @@ class SimulatorStats:
     wcu_per_second: tuple[tuple[int, float], ...] = ()
     consumed_rcu: float = 0.0
     throttled_reads: int = 0
+    #: (whole seconds since configure/reset, RCU consumed by reads that started in that
+    #: second), in time order; seconds without reads are left out.
+    rcu_per_second: tuple[tuple[int, float], ...] = ()
 
     @property
     def items_sent(self) -> int:
@@ -195,6 +198,7 @@ class _Counters:
     wcu_per_second: dict[int, float] = field(default_factory=dict)
     consumed_rcu: float = 0.0
     throttled_reads: int = 0
+    rcu_per_second: dict[int, float] = field(default_factory=dict)
 
 
 #: A write as the model sees it: (partition, WCU).
@@ -259,15 +263,23 @@ class TableCapacity:
             self._counters.throttled_reads += 1
             return False
 
-    def charge_read(self, units: float) -> None:
+    def now(self) -> float:
+        """This table's clock (``charge_read``'s ``started_at`` is given on it)."""
+        return self._clock.monotonic()
+
+    def charge_read(self, units: float, *, started_at: float | None = None) -> None:
+        """Charge a finished read; it is metered in the second it started (default: now).
+
+        Metering by the start keeps a slow backend from moving reads into a later second.
+        """
         with self._lock:
             if self._read_bucket is not None:
                 self._read_bucket.charge(units)
-            self._counters.consumed_rcu += units
-
-    @property
-    def throttles_reads(self) -> bool:
-        return self._read_bucket is not None
+            counters = self._counters
+            counters.consumed_rcu += units
+            moment = self._clock.monotonic() if started_at is None else started_at
+            second = int(max(0.0, moment - self._origin))
+            counters.rcu_per_second[second] = counters.rcu_per_second.get(second, 0.0) + units
 
     def stats(self) -> SimulatorStats:
         with self._lock:
@@ -282,6 +294,7 @@ class TableCapacity:
                 wcu_per_second=tuple(sorted(counters.wcu_per_second.items())),
                 consumed_rcu=counters.consumed_rcu,
                 throttled_reads=counters.throttled_reads,
+                rcu_per_second=tuple(sorted(counters.rcu_per_second.items())),
             )
 
     def reset_stats(self) -> None:

@@ -5,9 +5,10 @@ could never see a ``ProvisionedThroughputExceededException`` or ``UnprocessedIte
 loopback HTTP proxy, served from a background thread, forwards every request to a backend
 DynamoDB Local; for the tables it was told about with ``configure()`` it first asks the
 capacity model (``capacity_model.py``) which writes and reads the table accepts, forwards only
-those, and answers the rest with DynamoDB's exact reply shapes. Everything else (other tables,
-other actions, requests the model cannot read) passes through untouched, so the backend gives
-DynamoDB's real answers and validation errors.
+those, and answers the rest with DynamoDB's exact reply shapes; it meters what they consumed,
+per second too (``stats``). Everything else (other tables, other actions, requests the model
+cannot read) passes through untouched, so the backend gives DynamoDB's real answers and
+validation errors.
 
 Usage::
 
@@ -218,13 +219,16 @@ class _Proxy:
         payload = _decode(call.body)
         table = payload.get("TableName") if payload else None
         capacity = self._capacity(table) if isinstance(table, str) else None
-        if capacity is None or not capacity.throttles_reads:
+        if capacity is None:
             return await self._relay(call)
+        # Reads of every configured table are metered; only those with an rcu are throttled.
         if not capacity.may_read():
             return _throttled_reply()
+        started_at = capacity.now()
         reply = await self._forward(call)
         if reply.status == 200:
-            capacity.charge_read(read_units_of_reply(_decode(reply.body) or {}, payload or {}))
+            units = read_units_of_reply(_decode(reply.body) or {}, payload or {})
+            capacity.charge_read(units, started_at=started_at)
         return reply.relay()
 
     # tables

@@ -3,7 +3,9 @@ their sizes, item counts and checksums, the key attributes and the table's schem
 
 from __future__ import annotations
 
-from ..integrity import check_listing, stop_at_first
+from itertools import chain
+
+from ..integrity import check_listing, check_unlisted, stop_at_first
 from ..manifest import DATA_PREFIX, MANIFEST_KEY, ShardEntry, read_finished_manifest
 from ..storage import ObjectStore
 from .common import ImportSource, SourceFile, location_prefix
@@ -24,7 +26,12 @@ async def find_ddbpipe_export(store: ObjectStore) -> ImportSource | None:
     prefix = location_prefix(store)
     files = tuple(_source_file(shard) for shard in manifest.shards)
     listing = {info.key: info for info in await store.list(DATA_PREFIX)}
-    stop_at_first(check_listing(files, listing, prefix))
+    # A file under data/ that the manifest does not list is not this export's: refused, as
+    # verify reports it, rather than silently left out.
+    stop_at_first(chain(
+        check_listing(files, listing, prefix),
+        check_unlisted(files, listing, MANIFEST_KEY, prefix),
+    ))
     plan = manifest.plan
     return ImportSource(
         url=store.url,

@@ -2,7 +2,9 @@
 
 Stored chunks -> integrity check of the stored bytes (size, SHA-256/MD5) -> decompression ->
 lines or Parquet rows -> records. A file's checksum is verified before any of its records is
-handed out, so a damaged file never writes a single item.
+handed out, so a damaged file never writes a single item. A resumed import starts a file at a
+position: the records before it are skipped before they become records (NDJSON lines are still
+split, and the ``{"Item": ...}`` of item lines or a Parquet row's item still taken out).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator, Sequence
 
+from ..errors import ResumeError
 from ..integrity import check_count, check_stored_bytes, stop_at_first
 from ..records import RecordMaker, WriteRecord
 from ..schema import KeyAttributes
@@ -32,8 +35,11 @@ async def read_records(
     source: ImportSource,
     file: SourceFile,
     table_keys: KeyAttributes,
+    *,
+    start: int = 0,
 ) -> AsyncIterator[list[WriteRecord]]:
-    """The writes in ``file``, in batches of up to ``RECORDS_PER_BATCH``, in file order.
+    """The writes in ``file`` from position ``start`` on (0 is the first record), in batches
+    of up to ``RECORDS_PER_BATCH``, in file order; each record carries its position.
 
     ``table_keys`` are the target table's key attributes: each record gets its key and, if
     DynamoDB would refuse it, its ``problem`` (``records.check_item``). The whole stored file
@@ -42,7 +48,8 @@ async def read_records(
     Records are then decoded lazily, a batch at a time. Undecodable data, or an item count
     other than the recorded one (found at the end), raises ``CorruptDataError`` naming the
     file *after* earlier batches were handed out: the importer must treat the whole file as
-    failed.
+    failed. A file with fewer than ``start`` records raises ``ResumeError``: it changed since
+    a checkpoint counted them.
     """
     prefix = location_prefix(store)
     # Shards are bounded (tens of MB), so the whole file is held to check it first.
@@ -51,8 +58,15 @@ async def read_records(
     # in a thread it would only contend for the GIL (measured: ~30% more CPU per item).
     stop_at_first(await asyncio.to_thread(list, check_stored_bytes(file, chunks, prefix)))
     where = prefix + file.key
-    records = _records(chunks, source.kind, where, RecordMaker(file.key, where, table_keys))
-    counted = 0
+    numbered = _numbered(chunks, source.kind, where)
+    counted = await _skip(numbered, start)
+    if counted < start:
+        raise ResumeError(
+            f"{where} holds {counted} records, fewer than the {start} a checkpoint counts as "
+            "written: it changed since the import began, so start the import over"
+        )
+    maker = RecordMaker(file.key, where, table_keys, first_position=start)
+    records = _records(numbered, source.kind, where, maker)
     while batch := list(itertools.islice(records, RECORDS_PER_BATCH)):
         counted += len(batch)
         yield batch
@@ -60,15 +74,34 @@ async def read_records(
     stop_at_first(check_count(file, counted, prefix))
 
 
-def _records(
-    chunks: Sequence[bytes], kind: SourceKind, where: str, record: RecordMaker
-) -> Iterator[WriteRecord]:
-    """Puts of the items of ddbpipe and full AWS exports; for incremental exports and loose
-    files, the writes of their change lines (put NewImage, or delete Keys)."""
+def _numbered(
+    chunks: Sequence[bytes], kind: SourceKind, where: str
+) -> Iterator[tuple[int, bytes]]:
+    """One (number, bytes) per record: the items of ddbpipe and full AWS exports by item
+    number; for incremental exports and loose files, their change lines by line number."""
     if kind in _ITEM_KINDS:
-        for number, item in enumerate(iter_shard_items(chunks, where), start=1):
+        return enumerate(iter_shard_items(chunks, where), start=1)
+    return lines(decompressed(chunks, where))
+
+
+async def _skip(numbered: Iterator[tuple[int, bytes]], count: int) -> int:
+    """Skip up to ``count`` records; returns how many there were."""
+    skipped = 0
+    for _ in itertools.islice(numbered, count):
+        skipped += 1
+        if skipped % RECORDS_PER_BATCH == 0:
+            await asyncio.sleep(0)  # the other files' writes go on meanwhile
+    return skipped
+
+
+def _records(
+    numbered: Iterator[tuple[int, bytes]], kind: SourceKind, where: str, record: RecordMaker
+) -> Iterator[WriteRecord]:
+    """Puts of the items; for change lines, their writes (put NewImage, or delete Keys)."""
+    if kind in _ITEM_KINDS:
+        for number, item in numbered:
             yield record("put", item, number)
     else:
-        for number, line in lines(decompressed(chunks, where)):
+        for number, line in numbered:
             write, raw = change_of_line(line, where, number)
             yield record(write, raw, number)

@@ -11,6 +11,14 @@ body that drops mid-way (its call returned with the headers): ``iter_chunks``, a
 (IfMatch: an object that changed meanwhile is refused), pacing those retries with
 ``retry.Attempts`` under the store's ``RetryPolicy`` and ``Clock``.
 
+Expired credentials. botocore's standard mode does not retry ``ExpiredToken`` (it is neither
+a transient nor a throttling code in ``botocore.retries.standard``), and retrying would not
+help: its refreshable credentials renew themselves only near their own expiry time, so the
+same client signs with the same expired token again. A call refused as expired is made once
+more on a new client, whose credentials are resolved anew (``aws.is_expired_token``); the old
+client stays open for the calls still running on it until the store closes. Expired again,
+it is the ``CredentialsError`` of the map.
+
 The client comes from ``client_factory``, which gives an async context manager yielding an
 aiobotocore S3 client (``default_client_factory`` unless given), the way httpx takes a
 transport: tests wrap the real client to drop a connection or to watch the calls.
@@ -31,6 +39,7 @@ import asyncio
 import builtins
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -56,6 +65,8 @@ from . import (
 from .uploads import put_object, unquote_etag, upload_file
 
 __all__ = ["DEFAULT_RETRY", "ClientFactory", "S3Store", "default_client_factory"]
+
+log = logging.getLogger(__name__)
 
 #: Makes an async context manager that yields an aiobotocore-like S3 client.
 ClientFactory = Callable[[], AbstractAsyncContextManager[Any]]
@@ -276,18 +287,40 @@ class S3Store(ClosingStore):
         botocore retries it as it sees fit; a final failure raises a ddbpipe error naming
         ``key`` (or the store), except that the error codes in ``none_if`` return None.
         """
-        client = await self._get_client()
         if self.aws.expected_bucket_owner:
             # A bucket that changed hands is refused (403) instead of written or read.
             params["ExpectedBucketOwner"] = self.aws.expected_bucket_owner
         try:
-            return await getattr(client, xform_name(action))(Bucket=self.bucket_name, **params)
+            return await self._call_renewing(action, params)
         except boto_errors.ClientError as exc:
             if _code(exc) in none_if:
                 return None
             raise self._error(exc, action, key) from exc
         except (boto_errors.BotoCoreError, *aws.NETWORK_ERRORS) as exc:
             raise self._error(exc, action, key) from exc
+
+    async def _call_renewing(self, action: str, params: dict[str, Any]) -> Any:
+        """The call; made once more on a new client if S3 said the credentials expired."""
+        client = await self._get_client()
+        try:
+            return await self._call(client, action, params)
+        except boto_errors.ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            call = aws.AwsCall("s3", action, resource=self.bucket_name)
+            if not aws.is_expired_token(call, status, _code(exc)):
+                raise
+            await self._renew_client(client, call)
+        return await self._call(await self._get_client(), action, params)
+
+    async def _call(self, client: Any, action: str, params: dict[str, Any]) -> Any:
+        return await getattr(client, xform_name(action))(Bucket=self.bucket_name, **params)
+
+    async def _renew_client(self, expired: Any, call: aws.AwsCall) -> None:
+        """A new client in place of ``expired`` (once for all the calls refused together)."""
+        async with self._client_lock:
+            if self._client is expired:
+                log.info("the AWS credentials expired (%s); renewing them", call)
+                self._client = await self._enter_client()
 
     async def _object_lock_enabled(self) -> bool:
         reply = await self.request(
@@ -319,7 +352,16 @@ class S3Store(ClosingStore):
 
     def _error(self, exc: BaseException, action: str, key: str | None) -> DdbpipeError:
         call = aws.AwsCall("s3", action, resource=self.bucket_name, location=self.where(key))
-        return aws.error_from_exception(call, exc, aws.s3_endpoint(self.aws) or "AWS S3")
+        error = aws.error_from_exception(call, exc, aws.s3_endpoint(self.aws) or "AWS S3")
+        owner = self.aws.expected_bucket_owner
+        if owner and isinstance(error, AccessDeniedError):
+            # S3 answers a bucket of another owner with the 403 of a missing permission.
+            return AccessDeniedError(
+                f"{error}, or the bucket is not owned by account {owner} "
+                "(--expected-bucket-owner)",
+                service=error.service, action=error.action, code=error.code,
+                resource=error.resource)
+        return error
 
     async def _get_client(self) -> Any:
         if self._client is None:

@@ -1,0 +1,274 @@
+"""Peak memory of export (NDJSON, Parquet) and import as the table grows.
+
+One table in DynamoDB Local grows through the sizes asked for (``--items``, ascending): its
+items come from ``tools.sample_data.iter_items`` (the first N items of the largest size,
+generated lazily and written with ``fill_table`` a slice at a time, so this process never
+holds the table). At each size, every job runs in a fresh process that reports its own peak
+resident memory (VmHWM from /proc/self/status: getrusage's ru_maxrss would include this
+process's peak at the fork) and its rate (items/s, context only: the 2 cores are shared with
+DynamoDB Local):
+
+- ``export-ndjson``: ``export_table(format="ndjson")`` (zstd) to a local directory;
+- ``export-parquet``: ``export_table(format="parquet")`` to a local directory;
+- ``import``: ``import_table`` of the NDJSON export into a new table (``create_table``,
+  ``target_wcu`` far above what DynamoDB Local takes), counted and dropped afterwards;
+- ``import-parquet``: the same from the Parquet export.
+
+A ``baseline`` process only imports ddbpipe (and pyarrow, aiohttp, ...): the floor under
+every job. Every combination of ``--segments`` (``auto`` = ddbpipe's default: one per ~2 GB,
+at least one per core) and ``--shard-mb`` (``auto`` = the default bound of each format: 256 MB
+of raw DynamoDB JSON for NDJSON, 64 MB for Parquet) is measured; the import reads the export
+made with the same settings, with ``--open-files`` files open at once (``auto`` = 8).
+
+    .venv/bin/python benchmarks/memory_bench.py --items 30000 300000 1000000 \\
+        --segments auto --shard-mb auto 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+JOBS = ("export-ndjson", "export-parquet", "import", "import-parquet")
+#: Items written per fill_table call: what this process holds of the table at a time.
+FILL_SLICE = 20_000
+
+
+# --- the measured process -------------------------------------------------------------------
+
+
+def _peak_and_current_mb() -> tuple[float, float]:
+    with open("/proc/self/status") as status:
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return (round(int(fields["VmHWM"].split()[0]) / 1024, 1),
+            round(int(fields["VmRSS"].split()[0]) / 1024, 1))
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in this (fresh) process; its peak memory and what it did."""
+    import ddbpipe
+    from ddbpipe.config import AwsOptions, ExportOptions, ImportOptions
+
+    aws = AwsOptions(endpoint_url=spec.get("endpoint"))
+    started = time.perf_counter()
+    result: dict[str, Any] = {}
+    if spec["job"] == "baseline":
+        pass
+    elif spec["job"] == "export":
+        summary = ddbpipe.export_table(ExportOptions(
+            table=spec["table"], destination=spec["dest"], format=spec["format"],
+            segments=spec["segments"], shard_bytes=spec["shard_bytes"], aws=aws,
+        ))
+        result = {"items": summary.items, "shards": summary.shards,
+                  "segments": summary.segments, "raw_mb": round(summary.raw_bytes / 2**20, 1),
+                  "stored_mb": round(summary.stored_bytes / 2**20, 1)}
+    elif spec["job"] == "import":
+        scratch = Path(spec["scratch"])
+        options = ImportOptions(
+            source=spec["source"], table=spec["table"], create_table=True,
+            target_wcu=40_000, aws=aws, checkpoint=str(scratch / "import.checkpoint.json"),
+            dead_letter=str(scratch / "import.dead-letter.jsonl"),
+            **({"open_files": spec["open_files"]} if spec.get("open_files") else {}),
+        )
+        summary = ddbpipe.import_table(options)
+        assert summary.items_dead_lettered == 0, summary
+        result = {"items": summary.items_written, "files": summary.files}
+    else:
+        raise ValueError(spec["job"])
+    seconds = time.perf_counter() - started
+    peak_mb, end_mb = _peak_and_current_mb()
+    items = result.get("items", 0)
+    return {**result, "seconds": round(seconds, 2), "items_per_s": round(items / seconds),
+            "peak_mb": peak_mb, "end_mb": end_mb}
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec['job']} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    segments: int | None
+    shard_mb: float | None
+    open_files: int | None
+
+    def label(self) -> str:
+        return (f"segments {self.segments or 'auto'}, shard bound "
+                f"{f'{self.shard_mb:g} MB' if self.shard_mb else 'auto'}, open files "
+                f"{self.open_files or 'auto (8)'}")
+
+    def shard_bytes(self) -> int | None:
+        return int(self.shard_mb * 2**20) if self.shard_mb else None
+
+    def slug(self) -> str:
+        return f"s{self.segments or 'a'}-b{self.shard_mb or 'a'}-o{self.open_files or 'a'}"
+
+
+def _auto_int(text: str) -> int | None:
+    return None if text == "auto" else int(text)
+
+
+def _auto_float(text: str) -> float | None:
+    return None if text == "auto" else float(text)
+
+
+def grow_table(endpoint: str, table: str, items: Any, have: int, want: int) -> None:
+    from tools import sample_data
+
+    while have < want:
+        batch = list(itertools.islice(items, min(FILL_SLICE, want - have)))
+        sample_data.fill_table(endpoint, table, batch)
+        have += len(batch)
+
+
+def drop_table(endpoint: str, table: str) -> None:
+    import boto3
+
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    client.delete_table(TableName=table)
+    client.get_waiter("table_not_exists").wait(TableName=table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--items", type=int, nargs="+", default=[30_000, 300_000])
+    parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS[:3]))
+    parser.add_argument("--segments", type=_auto_int, nargs="+", default=[None],
+                        help="segment counts to measure ('auto' = the default)")
+    parser.add_argument("--shard-mb", type=_auto_float, nargs="+", default=[None],
+                        help="shard bounds in MB of raw DynamoDB JSON ('auto' = the default)")
+    parser.add_argument("--open-files", type=_auto_int, nargs="+", default=[None],
+                        help="files an import reads at once ('auto' = the default, 8)")
+    parser.add_argument("--json", help="also write every result to this file")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+
+    from tools import sample_data, services
+
+    sizes = sorted(args.items)
+    settings = [Setting(s, b, o) for s in args.segments for b in args.shard_mb
+                for o in args.open_files]
+    services.use_local_credentials()
+    server = services.start_dynamodb_local()
+    baseline = measure({"job": "baseline"})
+    print(f"baseline (import ddbpipe only): peak {baseline['peak_mb']} MB", flush=True)
+    rows: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="ddbpipe-membench-") as scratch:
+            table = "bench-memory"
+            sample_data.create_table(server.endpoint, table)
+            items = sample_data.iter_items(sizes[-1])
+            have = 0
+            for size in sizes:
+                started = time.perf_counter()
+                grow_table(server.endpoint, table, items, have, size)
+                print(f"table at {size:,} items (filled in {time.perf_counter() - started:.0f} s)",
+                      flush=True)
+                have = size
+                for setting in settings:
+                    rows += run_size(server.endpoint, table, size, setting, args.jobs,
+                                     Path(scratch))
+    finally:
+        server.stop()
+    report(rows, sizes, settings, args.jobs, baseline)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"baseline": baseline, "rows": rows}, indent=1))
+
+
+def run_size(endpoint: str, table: str, size: int, setting: Setting, jobs: list[str],
+             scratch: Path) -> list[dict[str, Any]]:
+    rows = []
+    exports: dict[str, str] = {}
+    for job in jobs:
+        fmt = "parquet" if job.endswith("parquet") else "ndjson"
+        if job.startswith("export") or fmt not in exports:
+            dest = scratch / f"{size}-{setting.slug()}-{fmt}"
+            spec = {"job": "export", "endpoint": endpoint, "table": table, "dest": str(dest),
+                    "format": fmt, "segments": setting.segments,
+                    "shard_bytes": setting.shard_bytes()}
+            result = measure(spec)
+            assert result["items"] == size, result
+            exports[fmt] = str(dest)
+            if job.startswith("export"):
+                rows.append({"job": job, "size": size, "setting": setting.label(), **result})
+                print(json.dumps(rows[-1]), flush=True)
+        if job.startswith("import"):
+            target = f"bench-memory-copy-{size}"
+            work = scratch / f"import-{size}-{setting.slug()}"
+            work.mkdir()
+            result = measure({"job": "import", "endpoint": endpoint, "source": exports[fmt],
+                              "table": target, "scratch": str(work),
+                              "open_files": setting.open_files})
+            assert result["items"] == size, result
+            drop_table(endpoint, target)
+            shutil.rmtree(work)
+            rows.append({"job": job, "size": size, "setting": setting.label(), **result})
+            print(json.dumps(rows[-1]), flush=True)
+    for dest in exports.values():
+        shutil.rmtree(dest)
+    return rows
+
+
+def report(rows: list[dict[str, Any]], sizes: list[int], settings: list[Setting],
+           jobs: list[str], baseline: dict[str, Any]) -> None:
+    print()
+    print(f"Peak resident memory (VmHWM) of each job's process, MB; a process that only imports "
+          f"ddbpipe peaks at {baseline['peak_mb']} MB.")
+    header = "| job | " + " | ".join(f"{size:,} items" for size in sizes)
+    for setting in settings:
+        cells = {(row["job"], row["size"]): row for row in rows
+                 if row["setting"] == setting.label()}
+        present = [job for job in jobs if any((job, size) in cells for size in sizes)]
+        print()
+        print(f"{setting.label()}:")
+        print()
+        print(header + f" | {sizes[0]:,} to {sizes[-1]:,} |")
+        print("|---|" + "---:|" * (len(sizes) + 1))
+        for job in present:
+            peaks = [cells[job, size]["peak_mb"] if (job, size) in cells else None
+                     for size in sizes]
+            change = (f"{100 * (peaks[-1] / peaks[0] - 1):+.0f}%"
+                      if peaks[0] and peaks[-1] else "")
+            print(f"| {job} | " + " | ".join("" if p is None else f"{p:.1f}" for p in peaks)
+                  + f" | {change} |")
+        print()
+        print("items/s (context only: DynamoDB Local shares the cores); files written or read:")
+        print()
+        print(header + " |")
+        print("|---|" + "---:|" * len(sizes))
+        for job in present:
+            parts = []
+            for size in sizes:
+                row = cells.get((job, size))
+                files = None if row is None else row.get("shards", row.get("files"))
+                parts.append("" if row is None else f"{row['items_per_s']:,}; {files} files")
+            print(f"| {job} | " + " | ".join(parts) + " |")
+
+
+if __name__ == "__main__":
+    main()
