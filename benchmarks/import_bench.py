@@ -98,26 +98,6 @@ def _client(endpoint: str, **config: Any) -> Any:
     )
 
 
-def count_items(endpoint: str, table: str) -> int:
-    client = _client(endpoint)
-    kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
-    total = 0
-    while True:
-        page = client.scan(**kwargs)
-        total += page["Count"]
-        if "LastEvaluatedKey" not in page:
-            return total
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def drop_table(endpoint: str, table: str) -> None:
-    client = _client(endpoint)
-    client.delete_table(TableName=table)
-    client.get_waiter("table_not_exists").wait(
-        TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-    )
-
-
 def export_items(export_dir: Path) -> Iterator[dict[str, Any]]:
     """The items of a ddbpipe export in wire form, shard after shard."""
     import msgspec
@@ -360,8 +340,8 @@ def warm_up(endpoint: str, export_dir: Path, scratch: Path, items: int) -> None:
     """One untimed ddbpipe restore, counted and dropped, so DynamoDB Local's JIT is warm."""
     table = "bench-import-warm-up"
     seconds = ddbpipe_restore(endpoint, export_dir, table, scratch)
-    assert count_items(endpoint, table) == items
-    drop_table(endpoint, table)
+    assert sample_data.count_items(endpoint, table) == items
+    sample_data.drop_table(endpoint, table)
     print(
         f"warm-up: one untimed ddbpipe restore into a throwaway table ({seconds:.2f} s), "
         "not reported",
@@ -431,9 +411,9 @@ def local_part(args: argparse.Namespace) -> None:
                     seconds = restore()
                     client_cpu[name].append(_own_and_children_cpu() - cpu_before)
                     server_cpu[name].append(_process_cpu(server.process.pid) - server_before)
-                    counted = count_items(endpoint, table)
+                    counted = sample_data.count_items(endpoint, table)
                     assert counted == args.items, (name, counted)
-                    drop_table(endpoint, table)
+                    sample_data.drop_table(endpoint, table)
                     rates[name].append(args.items / seconds)
                     print(
                         f"  run {run} {name:10s} {seconds:6.2f} s "
@@ -669,9 +649,9 @@ def throttled_part(args: argparse.Namespace) -> None:
                             outcome = boto3_throttled(simulator.endpoint, items, table, log)
                         seconds = time.perf_counter() - started
                         stats = simulator.stats(table)
-                        stored = count_items(backend, table)
+                        stored = sample_data.count_items(backend, table)
                         simulator.unconfigure(table)
-                        drop_table(backend, table)
+                        sample_data.drop_table(backend, table)
                         total_calls = len(log.calls)
                         throttled = log.count("throttled") + log.count("unprocessed")
                         row = {

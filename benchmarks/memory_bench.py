@@ -143,14 +143,6 @@ def grow_table(endpoint: str, table: str, items: Any, have: int, want: int) -> N
         have += len(batch)
 
 
-def drop_table(endpoint: str, table: str) -> None:
-    import boto3
-
-    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
-    client.delete_table(TableName=table)
-    client.get_waiter("table_not_exists").wait(TableName=table)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -202,6 +194,8 @@ def main() -> None:
 
 def run_size(endpoint: str, table: str, size: int, setting: Setting, jobs: list[str],
              scratch: Path) -> list[dict[str, Any]]:
+    from tools import sample_data  # here, not at the top: the measured processes skip it
+
     rows = []
     exports: dict[str, str] = {}
     for job in jobs:
@@ -225,7 +219,7 @@ def run_size(endpoint: str, table: str, size: int, setting: Setting, jobs: list[
                               "table": target, "scratch": str(work),
                               "open_files": setting.open_files})
             assert result["items"] == size, result
-            drop_table(endpoint, target)
+            sample_data.drop_table(endpoint, target)
             shutil.rmtree(work)
             rows.append({"job": job, "size": size, "setting": setting.label(), **result})
             print(json.dumps(rows[-1]), flush=True)

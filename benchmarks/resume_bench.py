@@ -77,27 +77,6 @@ class Trial:
         return self.rewritten / self.written_before
 
 
-def count_items(endpoint: str, table: str) -> int:
-    import boto3
-
-    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
-    kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
-    total = 0
-    while True:
-        page = client.scan(**kwargs)
-        total += page["Count"]
-        if "LastEvaluatedKey" not in page:
-            return total
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def drop_table(endpoint: str, table: str) -> None:
-    import boto3
-
-    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
-    client.delete_table(TableName=table)
-
-
 def kill_midway(
     args: argparse.Namespace, simulator: Any, export_dir: Path, table: str, state: Path,
     kill_at: int,
@@ -135,7 +114,7 @@ def run_trial(
         with tempfile.TemporaryDirectory() as state_name:
             state = Path(state_name)
             age = kill_midway(args, simulator, export_dir, table, state, kill_at)
-            written_before = count_items(backend, table)
+            written_before = sample_data.count_items(backend, table)
             simulator.reset_stats(table)
             summary = ddbpipe.import_table(
                 str(export_dir), table, resume=True, target_wcu=40_000,
@@ -143,13 +122,13 @@ def run_trial(
                 dead_letter=str(state / "dead.jsonl"),
             )
         assert summary.items_read == summary.items_written == args.items, summary
-        assert count_items(backend, table) == args.items
+        assert sample_data.count_items(backend, table) == args.items
         sent_again = simulator.stats(table).items_accepted
         rewritten = sent_again - (args.items - written_before)
         return Trial(kill_at, written_before, rewritten, age)
     finally:
         simulator.unconfigure(table)
-        drop_table(backend, table)
+        sample_data.drop_table(backend, table)
 
 
 def main(argv: list[str] | None = None) -> None:

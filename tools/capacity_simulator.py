@@ -21,13 +21,10 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import threading
 import uuid
 import zlib
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -49,6 +46,7 @@ from tools.capacity_model import (
     read_units_of_reply,
     throttle_error,
 )
+from tools.loopback_server import LoopbackServer
 
 __all__ = ["CapacitySimulator", "start_capacity_simulator"]
 
@@ -298,7 +296,7 @@ class _Proxy:
 # --- the server thread ---------------------------------------------------------------------------
 
 
-class CapacitySimulator:
+class CapacitySimulator(LoopbackServer):
     """The running simulator: a loopback HTTP endpoint served from a background thread.
 
     ``clock`` times every configured table's capacity (``SystemClock`` by default).
@@ -309,24 +307,8 @@ class CapacitySimulator:
         self._tables: dict[str, TableCapacity] = {}
         self._tables_lock = threading.Lock()
         self._proxy = _Proxy(backend_endpoint.rstrip("/"), self._tables, self._tables_lock)
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        # Bound here, before serving, so the port is ours with no window for another process.
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="capacity-simulator", daemon=True
-        )
-
-    def start(self) -> CapacitySimulator:
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=30)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        # Room for a 16 MB BatchWriteItem, DynamoDB's own limit.
+        super().__init__(self._proxy, name="capacity-simulator", client_max_size=20 * 1024 * 1024)
 
     def configure(
         self,
@@ -362,45 +344,11 @@ class CapacitySimulator:
     def reset_stats(self, table: str) -> None:
         self._table(table).reset_stats()
 
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-        if not self._loop.is_closed() and not self._loop.is_running():
-            self._loop.close()
-        self._socket.close()
-
-    def __enter__(self) -> CapacitySimulator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _table(self, table: str) -> TableCapacity:
         with self._tables_lock:
             if table not in self._tables:
                 raise KeyError(f"table {table!r} is not configured in the capacity simulator")
             return self._tables[table]
-
-    async def _serve(self) -> None:
-        await self._proxy.start()
-        # Room for a 16 MB BatchWriteItem, DynamoDB's own limit.
-        app = web.Application(client_max_size=20 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._proxy.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._socket).start()
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self._proxy.close()
 
 
 def start_capacity_simulator(

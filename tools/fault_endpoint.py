@@ -42,7 +42,6 @@ import asyncio
 import random
 import re
 import shlex
-import socket
 import sys
 import threading
 import uuid
@@ -52,7 +51,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
@@ -60,6 +58,8 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
+
+from tools.loopback_server import LoopbackServer
 
 __all__ = [
     "FAULT_KINDS",
@@ -344,7 +344,7 @@ def _hang_up(request: web.Request) -> web.Response:
 # --- the server thread ------------------------------------------------------------------------
 
 
-class FaultEndpoint:
+class FaultEndpoint(LoopbackServer):
     """The running endpoint: a loopback HTTP endpoint served from a background thread.
 
     ``endpoint`` is its URL; ``counts()`` what it did so far (see the module docstring).
@@ -369,67 +369,12 @@ class FaultEndpoint:
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}: use {FAULT_KINDS}")
         self._proxy = _Proxy(upstream, service, rate, seed, kinds, stall_seconds, start_after)
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        # Bound here, before serving, so the port is ours with no window for another process.
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"fault-endpoint-{service}", daemon=True
-        )
+        # Room for a multipart part and a 16 MB BatchWriteItem.
+        super().__init__(self._proxy, name=f"fault-endpoint-{service}",
+                         client_max_size=128 * 1024 * 1024)
 
     def counts(self) -> FaultCounts:
         return self._proxy.counters.snapshot()
-
-    def start(self) -> FaultEndpoint:
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=30)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-        if not self._loop.is_closed() and not self._loop.is_running():
-            self._loop.close()
-        self._socket.close()
-
-    def __enter__(self) -> FaultEndpoint:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def _serve(self) -> None:
-        await self._proxy.start()
-        # Room for a multipart part and a 16 MB BatchWriteItem.
-        app = web.Application(client_max_size=128 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._proxy.handle)
-        # Stalled requests are not waited for at the end.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._socket).start()
-
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self._proxy.close()
-        # Stalled replies still waiting end here, not when the loop is gone.
-        waiting = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in waiting:
-            task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
 
 
 def start_fault_endpoint(upstream: str, *, service: Service, **settings: Any) -> FaultEndpoint:

@@ -327,6 +327,28 @@ def create_table(endpoint: str, table: str, *, sort_key_type: str = "S") -> None
     )
 
 
+def count_items(endpoint: str, table: str) -> int:
+    """How many items ``table`` holds (a Scan COUNT, every page)."""
+    client = _client(endpoint)
+    kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
+    total = 0
+    while True:
+        page = client.scan(**kwargs)
+        total += page["Count"]
+        if "LastEvaluatedKey" not in page:
+            return total
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def drop_table(endpoint: str, table: str) -> None:
+    """Delete ``table`` and wait until it is gone."""
+    client = _client(endpoint)
+    client.delete_table(TableName=table)
+    client.get_waiter("table_not_exists").wait(
+        TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+
+
 def _write_batch(client: Any, table: str, batch: Sequence[Item]) -> None:
     pending: dict[str, Any] = {table: [{"PutRequest": {"Item": item}} for item in batch]}
     for attempt in range(12):
