@@ -27,6 +27,7 @@ from .progress import JobProgress
 from .ratelimit import TokenBucket
 from .scan import ReadBudget, scan_pages
 from .schema import KeyAttributes, describe_keys, key_attributes
+from .shards import StoredBytes
 
 __all__ = [
     "DEFAULT_PARTITION_BYTES",
@@ -45,7 +46,7 @@ __all__ = [
 DEFAULT_PARTITION_BYTES = 64 * 1024 * 1024
 
 #: A read-all check of one shard: (items read, problems), as ``integrity.read_all`` gives.
-ShardRead = Callable[[RecordedFile, Sequence[bytes]], tuple[int, list[Problem]]]
+ShardRead = Callable[[RecordedFile, StoredBytes], tuple[int, list[Problem]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,11 +205,11 @@ def shard_reader(partitions: ItemPartitions, keys: KeyReader) -> ShardRead:
     """The read-all check of a shard (``integrity.read_all``: bytes, decoding, count) that
     also files its items, in the same one pass. Runs in a thread, like ``read_all``."""
 
-    def read(file: RecordedFile, chunks: Sequence[bytes]) -> tuple[int, list[Problem]]:
+    def read(file: RecordedFile, stored: StoredBytes) -> tuple[int, list[Problem]]:
         def take(batch: list[bytes], before: int) -> None:
             partitions.add(_keyed(batch, keys, file.key, before))
 
-        return read_all(file, chunks, take_items=take)
+        return read_all(file, stored, take_items=take)
 
     return read
 

@@ -17,7 +17,6 @@ before the store-relative key (verify shows keys, the import full locations).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import ClassVar, Literal
 
 from .errors import CorruptDataError, DdbpipeError, StorageError, TerminalError
 from .manifest import md5_base64
-from .shards import iter_shard_items
+from .shards import Checksums, StoredBytes, iter_shard_items
 from .storage import ObjectInfo, ObjectStore
 
 __all__ = [
@@ -255,25 +254,22 @@ async def read_checked_manifest(
 
 
 def check_stored_bytes(
-    file: RecordedFile, chunks: Sequence[bytes], prefix: str = ""
+    file: RecordedFile, found: Checksums, prefix: str = ""
 ) -> Iterator[Problem]:
-    """The stored bytes have the recorded size, then the recorded SHA-256 and MD5.
-
-    Hashing releases the GIL, so callers run this in a thread to overlap it with other work.
-    """
+    """The stored bytes (``found``: their size and digests, e.g. ``StoredBytes.checksums``)
+    have the recorded size, then the recorded SHA-256 and MD5."""
     name = prefix + file.key
-    size = sum(map(len, chunks))
-    if file.size is not None and size != file.size:
-        yield SizeMismatch(file=name, expected=file.size, found=size)
-        return  # the digests cannot match either: not worth hashing
-    if file.sha256 is not None and (found := _sha256_hex(chunks)) != file.sha256:
+    if file.size is not None and found.size != file.size:
+        yield SizeMismatch(file=name, expected=file.size, found=found.size)
+        return  # the digests cannot match either
+    if file.sha256 is not None and found.sha256 != file.sha256:
         yield ChecksumMismatch(
-            file=name, algorithm="SHA-256", expected=file.sha256, found=found,
+            file=name, algorithm="SHA-256", expected=file.sha256, found=found.sha256,
             recorded_in=file.recorded_in,
         )
-    if file.md5_b64 is not None and (found := md5_base64(*chunks)) != file.md5_b64:
+    if file.md5_b64 is not None and found.md5_b64 != file.md5_b64:
         yield ChecksumMismatch(
-            file=name, algorithm="MD5", expected=file.md5_b64, found=found,
+            file=name, algorithm="MD5", expected=file.md5_b64, found=found.md5_b64,
             recorded_in=file.recorded_in,
         )
 
@@ -297,19 +293,19 @@ TakeItems = Callable[[list[bytes], int], None]
 
 def read_all(
     file: RecordedFile,
-    chunks: Sequence[bytes],
+    stored: StoredBytes,
     prefix: str = "",
     take_items: TakeItems | None = None,
 ) -> tuple[int, list[Problem]]:
-    """The items one stored file decodes to and every read-all problem of it: its bytes, then
+    """The items one fetched file decodes to and every read-all problem of it: its bytes, then
     its decoding and count. ``take_items`` also gets the items, in batches (the restore drill
     files them while verify counts them).
 
-    CPU-bound (hashing and decoding): run it in a thread.
+    CPU-bound (decoding): run it in a thread.
     """
-    problems = list(check_stored_bytes(file, chunks, prefix))
+    problems = list(check_stored_bytes(file, stored.checksums, prefix))
     name = prefix + file.key
-    items = iter_shard_items(chunks, name)
+    items = iter_shard_items(stored, name)
     counted = 0
     try:
         while batch := list(itertools.islice(items, ITEMS_PER_BATCH)):
@@ -323,8 +319,3 @@ def read_all(
     return counted, [*problems, *check_count(file, counted, prefix)]
 
 
-def _sha256_hex(chunks: Iterable[bytes]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()

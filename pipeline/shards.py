@@ -2,7 +2,7 @@
 
 A shard is one stored data file under ``data/``: DynamoDB JSON lines (``{"Item":{...}}``, the
 line format of AWS's own exports) compressed with zstd or gzip or left plain, or a Parquet file
-(see ``codec.items_to_arrow`` for its columns). The caller decides when to roll to a new shard
+(see ``columns.py`` for its columns). The caller decides when to roll to a new shard
 (``ShardWriter.raw_bytes`` against its bound); a writer only writes one file.
 
 Checksums are over the stored bytes, computed while they are written: SHA-256 for our manifest,
@@ -14,10 +14,15 @@ Reading goes down one layer at a time, each in one place: stored chunks -> ``dec
 ``{"Item"}`` line; or stored chunks -> the ``_item`` column of Parquet rows.
 ``iter_shard_items`` strings them together. Errors are ``CorruptDataError`` naming the file
 as the caller named it (a key, or a full location).
+
+A file read to be trusted is first fetched whole into ``StoredBytes`` (a temporary file,
+in memory while small), counted and hashed as it arrives, so its checksums are checked before
+any item is used, in memory that does not grow with the file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -27,17 +32,17 @@ import threading
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, cast
 
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from . import codec
+from . import codec, columns
 from .config import Compression, Format
 from .errors import CorruptDataError, StorageError
 from .schema import KeyAttributes
@@ -47,6 +52,7 @@ __all__ = [
     "FinishedShard",
     "NDJSON_SUFFIXES",
     "ShardWriter",
+    "StoredBytes",
     "decompressed",
     "iter_shard_items",
     "lines",
@@ -74,7 +80,7 @@ def _extension(format: Format, compression: Compression) -> str:
     return ".parquet" if format == "parquet" else _NDJSON_EXTENSIONS[compression]
 
 
-# --- checksums ------------------------------------------------------------------------------
+# --- checksums and fetched files -------------------------------------------------------------
 
 
 class Checksums:
@@ -154,6 +160,82 @@ class FinishedShard:
     sha256: str
     md5_b64: str
     md5_hex: str
+
+
+class _HasChunks(Protocol):
+    def iter_chunks(self, key: str) -> AsyncIterator[bytes]: ...
+
+
+class StoredBytes:
+    """One stored file's bytes as fetched: counted and hashed (``checksums``) as they arrive,
+    kept in a temporary file (in memory up to ``IN_MEMORY_BYTES``), and read back as chunks,
+    as often as needed, by iterating. Close it (or use ``with``) to drop the copy.
+
+    A copy, not the store's file read twice: what is checked is what is read.
+    """
+
+    #: Files up to this size stay in memory; larger ones go to the temporary folder, so
+    #: memory does not grow with the shard size whatever the table's size.
+    IN_MEMORY_BYTES = 1024 * 1024
+    READ_BYTES = 1024 * 1024
+
+    def __init__(self, spool_dir: str | None = None) -> None:
+        self.checksums = Checksums()
+        self._spool_dir = spool_dir
+        # Closed by close(): it lives as long as this object, not a block.
+        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=self.IN_MEMORY_BYTES, dir=spool_dir
+        )
+
+    @classmethod
+    async def fetch(cls, store: _HasChunks, key: str, spool_dir: str | None = None) -> StoredBytes:
+        """All of ``key``'s bytes from ``store``. Hashing and writing the copy release the
+        GIL: they run in a thread, beside the other files' work."""
+        stored = cls(spool_dir)
+        try:
+            async for chunk in store.iter_chunks(key):
+                await asyncio.to_thread(stored.append, chunk)
+        except BaseException:
+            stored.close()
+            raise
+        return stored
+
+    def append(self, chunk: bytes) -> None:
+        with temp_folder_errors("a fetched file", self._spool_dir):
+            self._file.write(chunk)
+        self.checksums.update(chunk)
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._file.seek(0)
+        while chunk := self._file.read(self.READ_BYTES):
+            yield chunk
+
+    def seekable_file(self) -> BinaryIO:
+        """The copy as a file to seek in (for Parquet), from its start."""
+        self._file.seek(0)
+        return cast(BinaryIO, self._file)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> StoredBytes:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def temp_folder_errors(what: str, spool_dir: str | None) -> Iterator[None]:
+    """A full or unwritable temporary folder is the user's to fix: one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        folder = spool_dir or tempfile.gettempdir()
+        raise StorageError(
+            f"cannot write {what} in the temporary folder {folder}: "
+            f"{exc.strerror or exc}: free space there or point TMPDIR at a folder with room"
+        ) from exc
 
 
 class ShardWriter:
@@ -272,17 +354,8 @@ class ShardWriter:
         if not self._done:
             self.discard()
 
-    @contextlib.contextmanager
-    def _temp_folder_errors(self) -> Iterator[None]:
-        """A full or unwritable temporary folder is the user's to fix: one line naming it."""
-        try:
-            yield
-        except OSError as exc:
-            folder = self._spool_dir or tempfile.gettempdir()
-            raise StorageError(
-                f"cannot write a shard in the temporary folder {folder}: "
-                f"{exc.strerror or exc}: free space there or point TMPDIR at a folder with room"
-            ) from exc
+    def _temp_folder_errors(self) -> contextlib.AbstractContextManager[None]:
+        return temp_folder_errors("a shard", self._spool_dir)
 
     def _check_open(self) -> None:
         if self._done:
@@ -298,21 +371,23 @@ class ShardWriter:
             self._spool.close()
             self._spool = None
 
-    def _spooled_chunks(self) -> Iterator[list[bytes]]:
-        """The spooled items in order, in runs of about ``codec.DECODE_CHUNK_BYTES``."""
+    def _spooled_chunks(self, start: int, stop: int) -> Iterator[list[bytes]]:
+        """The spooled items of rows ``start`` to ``stop``, in runs of about
+        ``columns.DECODE_CHUNK_BYTES``."""
         assert self._spool is not None
-        self._spool.seek(0)
         ends = self._spool_ends
-        row, offset = 0, 0
-        while row < len(ends):
-            stop = min(len(ends), bisect_left(ends, offset + codec.DECODE_CHUNK_BYTES, row) + 1)
-            data = self._spool.read(ends[stop - 1] - offset)
-            chunk_ends = ends[row:stop]
+        row, offset = start, (ends[start - 1] if start else 0)
+        self._spool.seek(offset)
+        while row < stop:
+            end = bisect_left(ends, offset + columns.DECODE_CHUNK_BYTES, row, stop) + 1
+            end = min(stop, end)
+            data = self._spool.read(ends[end - 1] - offset)
+            chunk_ends = ends[row:end]
             # Slicing bytes (a copy) is faster than slicing a memoryview (an object per slice).
             starts = chain((offset,), chunk_ends)
-            yield [data[start - offset : end - offset]
-                   for start, end in zip(starts, chunk_ends, strict=False)]
-            row, offset = stop, ends[stop - 1]
+            yield [data[first - offset : last - offset]
+                   for first, last in zip(starts, chunk_ends, strict=False)]
+            row, offset = end, ends[end - 1]
 
     def _spooled_item_array(self, start: int, stop: int) -> pa.Array:
         """The ``_item`` column of rows ``start`` to ``stop``, read back from the spool."""
@@ -323,7 +398,7 @@ class ShardWriter:
         data = self._spool.read(ends[stop - 1] - first)
         offsets = array("q", [0])
         offsets.extend(map(first.__rsub__, ends[start:stop]))  # end - first, at C speed
-        return codec.item_array(data, offsets)
+        return columns.item_array(data, offsets)
 
     def _write_parquet(self) -> None:
         with _parquet_conversions:
@@ -331,19 +406,16 @@ class ShardWriter:
         self._close_spool()
 
     def _convert_to_parquet(self) -> None:
-        """Typed columns of the whole shard first (their types depend on every item), then
-        one row group at a time with its ``_item`` values read back from the spool: what a
-        conversion holds is the typed values (about half the shard's raw bytes) and one row
-        group's items, not the shard's items several times over."""
-        keys = self.key_attributes
-        typed = codec.typed_columns(self._spooled_chunks(), keys)
-        rows = typed.num_rows
-        schema = codec.with_item_column(
-            typed.slice(0, 0), pa.array([], pa.large_string()), keys
-        ).schema
-        with pq.ParquetWriter(
+        """Pass one decodes every item once to choose the column types (they depend on all
+        of them), keeping the values in a temporary file; then one row group at a time, its
+        typed values and ``_item`` values are read back. What a conversion holds is one row
+        group, whatever the shard's size."""
+        rows = len(self._spool_ends)
+        with columns.plan_columns(
+            self._spooled_chunks(0, rows), self.key_attributes, self._spool_dir
+        ) as plan, pq.ParquetWriter(
             _HashingFile(self._file, self._checksums),
-            schema,
+            plan.schema,
             compression=PARQUET_COMPRESSION,
             # Page CRCs let a reader tell flipped bytes from data (see _parquet_items).
             write_page_checksum=True,
@@ -352,9 +424,9 @@ class ShardWriter:
                 stop = min(rows, start + PARQUET_ROW_GROUP_ROWS)
                 # Not kept in a name: the last group's items would live on during the next read.
                 parquet.write_table(
-                    codec.with_item_column(
-                        typed.slice(start, stop - start), self._spooled_item_array(start, stop),
-                        keys,
+                    columns.with_item_column(
+                        plan.typed_table(start, stop), self._spooled_item_array(start, stop),
+                        self.key_attributes,
                     ),
                     row_group_size=PARQUET_ROW_GROUP_ROWS,
                 )
@@ -401,7 +473,7 @@ def iter_shard_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     ``chunks`` are the stored bytes in order; ``name`` (a key or a full location) picks the
     decoder by its extension: ``.json.zst``, ``.json.gz`` (also AWS-native export files),
     ``.json`` or ``.parquet``, and names the file in errors. NDJSON streams in bounded
-    memory; Parquet needs the whole file (random access).
+    memory; Parquet needs random access (``StoredBytes`` gives it without holding the file).
     """
     if name.endswith(".parquet"):
         return _parquet_items(chunks, name)
@@ -531,10 +603,12 @@ def _item_of_line(line: bytes, name: str, number: int) -> bytes:
 
 
 def _parquet_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
-    """The ``_item`` column of a Parquet shard, row by row (pages checked against their CRCs)."""
-    data = b"".join(chunks)
+    """The ``_item`` column of a Parquet shard, row by row (pages checked against their CRCs).
+    Parquet needs random access: ``StoredBytes`` gives its copy, other chunks are joined."""
+    source = (chunks.seekable_file() if isinstance(chunks, StoredBytes)
+              else pa.BufferReader(b"".join(chunks)))
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+        parquet = pq.ParquetFile(source, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise CorruptDataError(f"{name}: not a readable Parquet file ({exc})") from None
     if codec.ITEM_COLUMN not in parquet.schema_arrow.names:
@@ -542,7 +616,7 @@ def _parquet_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     try:
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=[codec.ITEM_COLUMN])
-            yield from codec.arrow_items(table)
+            yield from columns.arrow_items(table)
     except (pa.ArrowException, OSError) as exc:
         raise CorruptDataError(f"{name}: corrupt Parquet data ({exc})") from None
     except CorruptDataError as exc:

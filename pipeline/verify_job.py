@@ -62,6 +62,7 @@ from .progress import JobProgress
 from .ratelimit import TokenBucket
 from .retry import Clock, SystemClock
 from .scan import read_bucket
+from .shards import StoredBytes
 from .storage import ObjectInfo, ObjectStore, open_store
 from .thaw import refuse_frozen
 
@@ -270,10 +271,10 @@ async def _read_all_shards(
 
     async def check(shard: ShardEntry) -> list[Problem]:
         async with running:
-            chunks = [chunk async for chunk in store.iter_chunks(shard.key)]
-            report.bytes_read += sum(map(len, chunks))
-            # Hashing and decoding in a thread keep the downloads of other shards going.
-            items, problems = await asyncio.to_thread(read, _recorded(shard), chunks)
+            with await StoredBytes.fetch(store, shard.key) as stored:
+                report.bytes_read += stored.checksums.size
+                # Decoding in a thread keeps the downloads of other shards going.
+                items, problems = await asyncio.to_thread(read, _recorded(shard), stored)
         report.items_read += items
         if on_shard is not None:
             on_shard(shard)

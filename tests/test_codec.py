@@ -20,16 +20,15 @@ import pytest
 
 from ddbpipe.codec import (
     ScanPage,
-    arrow_items,
     decode_item,
     decode_scan_page,
     encode_item,
     item_size,
-    items_to_arrow,
     ndjson_lines,
     read_units,
     write_units,
 )
+from ddbpipe.columns import arrow_items, items_to_arrow
 from ddbpipe.errors import CorruptDataError
 from ddbpipe.shards import ShardWriter, iter_shard_items, shard_key
 

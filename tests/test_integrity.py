@@ -37,7 +37,7 @@ from ddbpipe.integrity import (
     stop_at_first,
 )
 from ddbpipe.manifest import AWS_FILES_KEY, AWS_FILES_MD5_KEY, AWS_SUMMARY_MD5_KEY, MANIFEST_KEY
-from ddbpipe.shards import ShardWriter
+from ddbpipe.shards import ShardWriter, StoredBytes
 from ddbpipe.storage import ObjectInfo, open_store
 from tests.exports import cut_off, flip_middle_byte, plain_items, shard_paths
 from tests.test_sources import b64_md5, full_lines, local_put, write_aws_export
@@ -66,6 +66,14 @@ def damaged(data: bytes) -> bytes:
 
 def chunks_of(data: bytes, size: int = 1000) -> list[bytes]:
     return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+def fetched(data: bytes) -> StoredBytes:
+    """``data`` as a fetched file, arriving in chunks."""
+    stored = StoredBytes()
+    for chunk in chunks_of(data):
+        stored.append(chunk)
+    return stored
 
 
 # --- the problems ----------------------------------------------------------------------------
@@ -173,8 +181,8 @@ def test_read_checked_manifest(tmp_path: Path) -> None:
 
 def test_stored_bytes_that_match_have_no_problem(tmp_path: Path) -> None:
     recorded, data = stored_shard(tmp_path)
-    assert list(check_stored_bytes(recorded, chunks_of(data))) == []
-    assert read_all(recorded, chunks_of(data)) == (200, [])
+    assert list(check_stored_bytes(recorded, fetched(data).checksums)) == []
+    assert read_all(recorded, fetched(data)) == (200, [])
 
 
 def test_flipped_bytes_fail_both_recorded_digests(tmp_path: Path) -> None:
@@ -182,7 +190,7 @@ def test_flipped_bytes_fail_both_recorded_digests(tmp_path: Path) -> None:
     bad = damaged(data)
     sha256 = hashlib.sha256(bad).hexdigest()
     md5 = base64.b64encode(hashlib.md5(bad).digest()).decode()
-    assert list(check_stored_bytes(recorded, chunks_of(bad), "s3://bucket/export/")) == [
+    assert list(check_stored_bytes(recorded, fetched(bad).checksums, "s3://bucket/export/")) == [
         ChecksumMismatch(file=f"s3://bucket/export/{recorded.key}", algorithm="SHA-256",
                          expected=recorded.sha256 or "", found=sha256, recorded_in=MANIFEST_KEY),
         ChecksumMismatch(file=f"s3://bucket/export/{recorded.key}", algorithm="MD5",
@@ -190,13 +198,13 @@ def test_flipped_bytes_fail_both_recorded_digests(tmp_path: Path) -> None:
     ]
     # An AWS data file records only its MD5.
     aws_file = RecordedFile(key="data/f.json.gz", md5_b64=recorded.md5_b64)
-    (problem,) = check_stored_bytes(aws_file, [bad])
+    (problem,) = check_stored_bytes(aws_file, fetched(bad).checksums)
     assert isinstance(problem, ChecksumMismatch) and problem.algorithm == "MD5"
 
 
-def test_a_file_of_another_size_is_not_hashed(tmp_path: Path) -> None:
+def test_a_file_of_another_size_is_one_size_problem(tmp_path: Path) -> None:
     recorded, data = stored_shard(tmp_path)
-    assert list(check_stored_bytes(recorded, [data[:-10]])) == [
+    assert list(check_stored_bytes(recorded, fetched(data[:-10]).checksums)) == [
         SizeMismatch(file=recorded.key, expected=len(data), found=len(data) - 10)
     ]
 
@@ -214,10 +222,10 @@ def test_check_count() -> None:
 def test_read_all_decodes_and_recounts(tmp_path: Path) -> None:
     recorded, data = stored_shard(tmp_path, items=200)
     miscounted = dataclasses.replace(recorded, items=201)
-    assert read_all(miscounted, [data]) == (
+    assert read_all(miscounted, fetched(data)) == (
         200, [CountMismatch(file=recorded.key, expected=201, found=200, recorded_in=MANIFEST_KEY)]
     )
-    items, problems = read_all(recorded, [damaged(data)], "s3://bucket/export/")
+    items, problems = read_all(recorded, fetched(damaged(data)), "s3://bucket/export/")
     assert items == 0
     assert [type(problem) for problem in problems] == [
         ChecksumMismatch, ChecksumMismatch, UndecodableFile

@@ -3,12 +3,14 @@ line splitter, Parquet rows), corruption detection."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from ddbpipe.shards import (
     Checksums,
     FinishedShard,
     ShardWriter,
+    StoredBytes,
     decompressed,
     iter_shard_items,
     lines,
@@ -151,6 +154,54 @@ def test_parquet_close_with_bad_items_drops_the_file(tmp_path: Path) -> None:
     with pytest.raises(CorruptDataError):
         writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+class Store:
+    """A store of one object, handed out in chunks of ``size`` (as ``iter_chunks`` does)."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data, self.size = data, size
+
+    async def iter_chunks(self, key: str) -> AsyncIterator[bytes]:
+        for chunk in chunked(self.data, self.size):
+            yield chunk
+
+
+@pytest.mark.parametrize(("format", "compression"), FORMATS)
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_fetched_file_is_counted_hashed_and_read_back_from_its_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: Format, compression: Compression,
+    in_memory: bool,
+) -> None:
+    shard = write(tmp_path, format, compression, pages=3)
+    data = Path(shard.path).read_bytes()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    # A copy larger than IN_MEMORY_BYTES goes to the temporary folder.
+    monkeypatch.setattr(StoredBytes, "IN_MEMORY_BYTES", 1 << 30 if in_memory else 100)
+    monkeypatch.setattr(StoredBytes, "READ_BYTES", 333)
+    stored = asyncio.run(StoredBytes.fetch(Store(data, 1000), "k", spool_dir=str(spool)))
+    with stored:
+        assert len(files_open_in(spool)) == (0 if in_memory else 1)
+        assert (stored.checksums.size, stored.checksums.sha256) == (len(data), shard.sha256)
+        assert stored.checksums.md5_b64 == shard.md5_b64
+        assert b"".join(stored) == data  # as often as needed
+        key = shard_key(0, 0, format, compression)
+        assert list(iter_shard_items(stored, key)) == [item(i) for i in range(300)]
+        if format == "parquet":
+            assert list(iter_shard_items(stored, key)) == [item(i) for i in range(300)]
+    assert files_open_in(spool) == [] and list(spool.iterdir()) == []  # the copy is gone
+
+
+def files_open_in(folder: Path) -> list[str]:
+    """Files this process has open under ``folder`` (a temporary file is unlinked at once,
+    so only its descriptor shows it)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(f"{folder}/"):
+                found.append(os.readlink(fd))
+    return found
 
 
 @pytest.mark.parametrize(("format", "compression"), FORMATS)
