@@ -260,7 +260,7 @@ class _Spill:
     """Record batches of consecutive rows, written to a temporary file (in memory while
     small) and read back by row range."""
 
-    IN_MEMORY_BYTES = 4 * 1024 * 1024
+    IN_MEMORY_BYTES = 1024 * 1024
 
     def __init__(self, spool_dir: str | None) -> None:
         # Closed by close(): it lives as long as the plan, not a block.

@@ -63,7 +63,10 @@ __all__ = [
 # the default level 3 at two to three times the speed, which keeps one core ahead of a Scan.
 ZSTD_LEVEL = 1
 GZIP_LEVEL = 6
+#: A row group holds at most this many rows, and about this many bytes of raw items (one
+#: item more, if a single item is larger): what a Parquet conversion holds at a time.
 PARQUET_ROW_GROUP_ROWS = 64 * 1024
+PARQUET_ROW_GROUP_BYTES = 4 * 1024 * 1024
 PARQUET_COMPRESSION = "zstd"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's switch for the gzip container
 _NDJSON_EXTENSIONS: dict[Compression, str] = {"zstd": ".json.zst", "gzip": ".json.gz",
@@ -420,16 +423,26 @@ class ShardWriter:
             # Page CRCs let a reader tell flipped bytes from data (see _parquet_items).
             write_page_checksum=True,
         ) as parquet:
-            for start in range(0, rows, PARQUET_ROW_GROUP_ROWS):
-                stop = min(rows, start + PARQUET_ROW_GROUP_ROWS)
+            for start, stop in self._row_groups():
                 # Not kept in a name: the last group's items would live on during the next read.
                 parquet.write_table(
                     columns.with_item_column(
                         plan.typed_table(start, stop), self._spooled_item_array(start, stop),
                         self.key_attributes,
                     ),
-                    row_group_size=PARQUET_ROW_GROUP_ROWS,
+                    row_group_size=stop - start,
                 )
+
+    def _row_groups(self) -> Iterator[tuple[int, int]]:
+        """(first row, row after the last) of each row group, bounded in rows and bytes."""
+        ends, rows = self._spool_ends, len(self._spool_ends)
+        start = 0
+        while start < rows:
+            offset = ends[start - 1] if start else 0
+            by_bytes = bisect_left(ends, offset + PARQUET_ROW_GROUP_BYTES, start, rows) + 1
+            stop = min(rows, start + PARQUET_ROW_GROUP_ROWS, by_bytes)
+            yield start, stop
+            start = stop
 
 
 _LINE_OVERHEAD = len(b'{"Item":}\n')
