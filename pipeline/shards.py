@@ -53,6 +53,7 @@ __all__ = [
     "NDJSON_SUFFIXES",
     "ShardWriter",
     "StoredBytes",
+    "use_lean_arrow_memory",
     "decompressed",
     "iter_shard_items",
     "lines",
@@ -67,6 +68,8 @@ GZIP_LEVEL = 6
 #: item more, if a single item is larger): what a Parquet conversion holds at a time.
 PARQUET_ROW_GROUP_ROWS = 64 * 1024
 PARQUET_ROW_GROUP_BYTES = 4 * 1024 * 1024
+#: Rows of the ``_item`` column read at a time from a Parquet file.
+PARQUET_READ_ROWS = 4096
 PARQUET_COMPRESSION = "zstd"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's switch for the gzip container
 _NDJSON_EXTENSIONS: dict[Compression, str] = {"zstd": ".json.zst", "gzip": ".json.gz",
@@ -81,6 +84,25 @@ def shard_key(segment: int, seq: int, format: Format, compression: Compression) 
 def _extension(format: Format, compression: Compression) -> str:
     # Parquet compresses its columns with zstd inside the file, whatever ``compression`` says.
     return ".parquet" if format == "parquet" else _NDJSON_EXTENSIONS[compression]
+
+
+# --- Arrow's memory ------------------------------------------------------------------------------
+
+
+def use_lean_arrow_memory() -> None:
+    """Make Arrow allocate from jemalloc (else the system's malloc), which gives back what is
+    freed. Arrow's default pool on most builds, mimalloc, keeps it: measured, reading one
+    150k-item Parquet shard left the process 46 MB larger with mimalloc and about 0 MB with
+    either other pool. Process-wide, so the CLI calls it, not the library; a program using
+    the library can set ARROW_DEFAULT_MEMORY_POOL=jemalloc instead. A pool the user chose
+    with that variable is kept."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # builds without jemalloc (Windows)
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
 
 
 # --- checksums and fetched files -------------------------------------------------------------
@@ -627,9 +649,10 @@ def _parquet_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     if codec.ITEM_COLUMN not in parquet.schema_arrow.names:
         raise CorruptDataError(f"{name}: Parquet file has no {codec.ITEM_COLUMN!r} column")
     try:
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=[codec.ITEM_COLUMN])
-            yield from columns.arrow_items(table)
+        # Batches, not whole row groups: an open file holds a few thousand items at a time.
+        for batch in parquet.iter_batches(batch_size=PARQUET_READ_ROWS,
+                                          columns=[codec.ITEM_COLUMN], use_threads=False):
+            yield from columns.arrow_items(pa.Table.from_batches([batch]))
     except (pa.ArrowException, OSError) as exc:
         raise CorruptDataError(f"{name}: corrupt Parquet data ({exc})") from None
     except CorruptDataError as exc:
