@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from .codec import (
 )
 from .errors import CorruptDataError
 from .schema import KeyAttributes
+from .spool import Spool
 
 __all__ = [
     "DECODE_CHUNK_BYTES",
@@ -257,40 +257,32 @@ class ColumnPlan:
 
 
 class _Spill:
-    """Record batches of consecutive rows, written to a temporary file (in memory while
-    small) and read back by row range."""
-
-    IN_MEMORY_BYTES = 1024 * 1024
+    """Record batches of consecutive rows, spooled (``spool.Spool``) and read back by row
+    range."""
 
     def __init__(self, spool_dir: str | None) -> None:
-        # Closed by close(): it lives as long as the plan, not a block.
-        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=self.IN_MEMORY_BYTES, dir=spool_dir
-        )
-        self._size = 0
+        self._spool = Spool("a Parquet conversion", spool_dir)
         # Per batch: (first row, rows, offset, bytes, schema), in row order.
         self._index: list[tuple[int, int, int, int, pa.Schema]] = []
         self.rows = 0
 
     def append(self, batch: pa.RecordBatch) -> None:
         data = batch.serialize()
-        self._file.seek(self._size)
-        self._file.write(memoryview(data))
-        self._index.append((self.rows, batch.num_rows, self._size, data.size, batch.schema))
-        self._size += data.size
+        offset = self._spool.append(memoryview(data))
+        self._index.append((self.rows, batch.num_rows, offset, data.size, batch.schema))
         self.rows += batch.num_rows
 
     def batches(self, start: int, stop: int) -> Iterator[pa.RecordBatch]:
         for first, rows, offset, size, schema in self._index:
             if first + rows <= start or first >= stop:
                 continue
-            self._file.seek(offset)
-            batch = pa.ipc.read_record_batch(pa.py_buffer(self._file.read(size)), schema)
+            data = pa.py_buffer(self._spool.read(offset, size))
+            batch = pa.ipc.read_record_batch(data, schema)
             low, high = max(start, first) - first, min(stop, first + rows) - first
             yield batch.slice(low, high - low)
 
     def close(self) -> None:
-        self._file.close()
+        self._spool.close()
 
 
 def plan_columns(

@@ -27,7 +27,7 @@ from .progress import JobProgress
 from .ratelimit import TokenBucket
 from .scan import ReadBudget, scan_pages
 from .schema import KeyAttributes, describe_keys, key_attributes
-from .shards import StoredBytes
+from .spool import StoredBytes
 
 __all__ = [
     "DEFAULT_PARTITION_BYTES",

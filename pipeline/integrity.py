@@ -24,7 +24,8 @@ from typing import ClassVar, Literal
 
 from .errors import CorruptDataError, DdbpipeError, StorageError, TerminalError
 from .manifest import md5_base64
-from .shards import Checksums, StoredBytes, iter_shard_items
+from .shards import iter_shard_items
+from .spool import Checksums, StoredBytes
 from .storage import ObjectInfo, ObjectStore
 
 __all__ = [

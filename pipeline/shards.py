@@ -15,27 +15,23 @@ Reading goes down one layer at a time, each in one place: stored chunks -> ``dec
 ``iter_shard_items`` strings them together. Errors are ``CorruptDataError`` naming the file
 as the caller named it (a key, or a full location).
 
-A file read to be trusted is first fetched whole into ``StoredBytes`` (a temporary file,
-in memory while small), counted and hashed as it arrives, so its checksums are checked before
-any item is used, in memory that does not grow with the file.
+Reading takes any stored chunks; for a file to be trusted, a ``spool.StoredBytes`` (fetched
+whole, hashed as it arrived, checked before any item is used). Parquet reads seek in it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
-import hashlib
 import os
 import tempfile
 import threading
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO
 
 import msgspec
 import pyarrow as pa
@@ -44,20 +40,19 @@ import zstandard
 
 from . import codec, columns
 from .config import Compression, Format
-from .errors import CorruptDataError, StorageError
+from .errors import CorruptDataError
 from .schema import KeyAttributes
+from .spool import Checksums, Spool, temp_folder_errors
 
 __all__ = [
-    "Checksums",
     "FinishedShard",
     "NDJSON_SUFFIXES",
     "ShardWriter",
-    "StoredBytes",
-    "use_lean_arrow_memory",
     "decompressed",
     "iter_shard_items",
     "lines",
     "shard_key",
+    "use_lean_arrow_memory",
 ]
 
 # Level 1: on DynamoDB JSON (repetitive type tags and names) it compresses about as well as
@@ -105,38 +100,7 @@ def use_lean_arrow_memory() -> None:
     pa.set_memory_pool(pool)
 
 
-# --- checksums and fetched files -------------------------------------------------------------
-
-
-class Checksums:
-    """SHA-256 and MD5 of a byte stream, fed incrementally."""
-
-    def __init__(self) -> None:
-        self._sha256 = hashlib.sha256()
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        self.size = 0
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._sha256.update(data)
-        self._md5.update(data)
-        self.size += len(data)
-
-    @property
-    def sha256(self) -> str:
-        return self._sha256.hexdigest()
-
-    @property
-    def sha256_hex(self) -> str:
-        """Same as ``sha256`` (hex), for callers that name the encoding."""
-        return self.sha256
-
-    @property
-    def md5_hex(self) -> str:
-        return self._md5.hexdigest()
-
-    @property
-    def md5_b64(self) -> str:
-        return base64.b64encode(self._md5.digest()).decode("ascii")
+# --- hashing while writing ------------------------------------------------------------------
 
 
 class _HashingFile:
@@ -187,82 +151,6 @@ class FinishedShard:
     md5_hex: str
 
 
-class _HasChunks(Protocol):
-    def iter_chunks(self, key: str) -> AsyncIterator[bytes]: ...
-
-
-class StoredBytes:
-    """One stored file's bytes as fetched: counted and hashed (``checksums``) as they arrive,
-    kept in a temporary file (in memory up to ``IN_MEMORY_BYTES``), and read back as chunks,
-    as often as needed, by iterating. Close it (or use ``with``) to drop the copy.
-
-    A copy, not the store's file read twice: what is checked is what is read.
-    """
-
-    #: Files up to this size stay in memory; larger ones go to the temporary folder, so
-    #: memory does not grow with the shard size whatever the table's size.
-    IN_MEMORY_BYTES = 1024 * 1024
-    READ_BYTES = 1024 * 1024
-
-    def __init__(self, spool_dir: str | None = None) -> None:
-        self.checksums = Checksums()
-        self._spool_dir = spool_dir
-        # Closed by close(): it lives as long as this object, not a block.
-        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=self.IN_MEMORY_BYTES, dir=spool_dir
-        )
-
-    @classmethod
-    async def fetch(cls, store: _HasChunks, key: str, spool_dir: str | None = None) -> StoredBytes:
-        """All of ``key``'s bytes from ``store``. Hashing and writing the copy release the
-        GIL: they run in a thread, beside the other files' work."""
-        stored = cls(spool_dir)
-        try:
-            async for chunk in store.iter_chunks(key):
-                await asyncio.to_thread(stored.append, chunk)
-        except BaseException:
-            stored.close()
-            raise
-        return stored
-
-    def append(self, chunk: bytes) -> None:
-        with temp_folder_errors("a fetched file", self._spool_dir):
-            self._file.write(chunk)
-        self.checksums.update(chunk)
-
-    def __iter__(self) -> Iterator[bytes]:
-        self._file.seek(0)
-        while chunk := self._file.read(self.READ_BYTES):
-            yield chunk
-
-    def seekable_file(self) -> BinaryIO:
-        """The copy as a file to seek in (for Parquet), from its start."""
-        self._file.seek(0)
-        return cast(BinaryIO, self._file)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> StoredBytes:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-@contextlib.contextmanager
-def temp_folder_errors(what: str, spool_dir: str | None) -> Iterator[None]:
-    """A full or unwritable temporary folder is the user's to fix: one line naming it."""
-    try:
-        yield
-    except OSError as exc:
-        folder = spool_dir or tempfile.gettempdir()
-        raise StorageError(
-            f"cannot write {what} in the temporary folder {folder}: "
-            f"{exc.strerror or exc}: free space there or point TMPDIR at a folder with room"
-        ) from exc
-
-
 class ShardWriter:
     """Writes one shard to a temp file from the raw items of Scan pages.
 
@@ -288,18 +176,12 @@ class ShardWriter:
         self._checksums = Checksums()
         # Parquet only: the raw items until close, back to back, and where each one ends.
         self._spool_ends = array("q")
-        self._spool: BinaryIO | None = None
         self._spool_dir = spool_dir
         self._compress, self._flush = _compressor(format, compression)
         with self._temp_folder_errors():
-            if format == "parquet":
-                # Closed by close()/discard(): it lives as long as the writer, not a block.
-                self._spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
-            try:
-                fd, self._path = tempfile.mkstemp(prefix="shard-", suffix=suffix, dir=spool_dir)
-            except OSError:
-                self._close_spool()
-                raise
+            fd, self._path = tempfile.mkstemp(prefix="shard-", suffix=suffix, dir=spool_dir)
+        # Closed by close()/discard(): it lives as long as the writer.
+        self._spool = Spool("a shard", spool_dir) if format == "parquet" else None
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._done = False
 
@@ -327,7 +209,7 @@ class ShardWriter:
 
     def _add(self, items: Sequence[Any]) -> None:
         if self._spool is not None:
-            self._spool.write(b"".join(items))
+            self._spool.append(b"".join(items))
             ends = accumulate(map(len, items), initial=self._raw_bytes)
             next(ends)  # where this page's first item starts
             self._spool_ends.extend(ends)
@@ -380,6 +262,7 @@ class ShardWriter:
             self.discard()
 
     def _temp_folder_errors(self) -> contextlib.AbstractContextManager[None]:
+        # The shard file and the Parquet conversion's files (its spool says so itself).
         return temp_folder_errors("a shard", self._spool_dir)
 
     def _check_open(self) -> None:
@@ -402,11 +285,10 @@ class ShardWriter:
         assert self._spool is not None
         ends = self._spool_ends
         row, offset = start, (ends[start - 1] if start else 0)
-        self._spool.seek(offset)
         while row < stop:
             end = bisect_left(ends, offset + columns.DECODE_CHUNK_BYTES, row, stop) + 1
             end = min(stop, end)
-            data = self._spool.read(ends[end - 1] - offset)
+            data = self._spool.read(offset, ends[end - 1] - offset)
             chunk_ends = ends[row:end]
             # Slicing bytes (a copy) is faster than slicing a memoryview (an object per slice).
             starts = chain((offset,), chunk_ends)
@@ -419,8 +301,7 @@ class ShardWriter:
         assert self._spool is not None
         ends = self._spool_ends
         first = ends[start - 1] if start else 0
-        self._spool.seek(first)
-        data = self._spool.read(ends[stop - 1] - first)
+        data = self._spool.read(first, ends[stop - 1] - first)
         offsets = array("q", [0])
         offsets.extend(map(first.__rsub__, ends[start:stop]))  # end - first, at C speed
         return columns.item_array(data, offsets)
@@ -508,7 +389,8 @@ def iter_shard_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     ``chunks`` are the stored bytes in order; ``name`` (a key or a full location) picks the
     decoder by its extension: ``.json.zst``, ``.json.gz`` (also AWS-native export files),
     ``.json`` or ``.parquet``, and names the file in errors. NDJSON streams in bounded
-    memory; Parquet needs random access (``StoredBytes`` gives it without holding the file).
+    memory; Parquet needs random access (a ``spool.StoredBytes`` gives it without holding the
+    file).
     """
     if name.endswith(".parquet"):
         return _parquet_items(chunks, name)
@@ -639,8 +521,8 @@ def _item_of_line(line: bytes, name: str, number: int) -> bytes:
 
 def _parquet_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     """The ``_item`` column of a Parquet shard, row by row (pages checked against their CRCs).
-    Parquet needs random access: ``StoredBytes`` gives its copy, other chunks are joined."""
-    source = (chunks.seekable_file() if isinstance(chunks, StoredBytes)
+    Parquet needs random access: a ``Spool`` gives its file, other chunks are joined."""
+    source = (chunks.seekable_file() if isinstance(chunks, Spool)
               else pa.BufferReader(b"".join(chunks)))
     try:
         parquet = pq.ParquetFile(source, page_checksum_verification=True)

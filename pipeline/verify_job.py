@@ -62,7 +62,7 @@ from .progress import JobProgress
 from .ratelimit import TokenBucket
 from .retry import Clock, SystemClock
 from .scan import read_bucket
-from .shards import StoredBytes
+from .spool import StoredBytes
 from .storage import ObjectInfo, ObjectStore, open_store
 from .thaw import refuse_frozen
 

@@ -37,7 +37,8 @@ from ddbpipe.integrity import (
     stop_at_first,
 )
 from ddbpipe.manifest import AWS_FILES_KEY, AWS_FILES_MD5_KEY, AWS_SUMMARY_MD5_KEY, MANIFEST_KEY
-from ddbpipe.shards import ShardWriter, StoredBytes
+from ddbpipe.shards import ShardWriter
+from ddbpipe.spool import StoredBytes
 from ddbpipe.storage import ObjectInfo, open_store
 from tests.exports import cut_off, flip_middle_byte, plain_items, shard_paths
 from tests.test_sources import b64_md5, full_lines, local_put, write_aws_export

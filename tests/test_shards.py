@@ -21,15 +21,14 @@ from ddbpipe.config import Compression, Format
 from ddbpipe.errors import CorruptDataError
 from ddbpipe.schema import KeyAttributes
 from ddbpipe.shards import (
-    Checksums,
     FinishedShard,
     ShardWriter,
-    StoredBytes,
     decompressed,
     iter_shard_items,
     lines,
     shard_key,
 )
+from ddbpipe.spool import Checksums, StoredBytes
 
 KEYS: KeyAttributes = (("pk", "S"), ("sk", "N"))
 FORMATS: list[tuple[Format, Compression]] = [

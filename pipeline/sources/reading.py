@@ -17,7 +17,8 @@ from ..errors import ResumeError
 from ..integrity import check_count, check_stored_bytes, stop_at_first
 from ..records import RecordMaker, WriteRecord
 from ..schema import KeyAttributes
-from ..shards import StoredBytes, decompressed, iter_shard_items, lines
+from ..shards import decompressed, iter_shard_items, lines
+from ..spool import StoredBytes
 from ..storage import ObjectStore
 from .aws_export import change_of_line
 from .common import ImportSource, SourceFile, SourceKind, location_prefix
@@ -43,7 +44,7 @@ async def read_records(
 
     ``table_keys`` are the target table's key attributes: each record gets its key and, if
     DynamoDB would refuse it, its ``problem`` (``records.check_item``). The whole stored file
-    is fetched (``shards.StoredBytes``: a temporary copy) and checked
+    is fetched (``spool.StoredBytes``: a temporary copy) and checked
     (``integrity.check_stored_bytes``) before the first batch; a problem raises its error
     (``CorruptDataError``) and nothing of the file is handed out.
     Records are then decoded lazily, a batch at a time. Undecodable data, or an item count
