@@ -60,9 +60,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job in this (fresh) process; its peak memory and what it did."""
     import ddbpipe
     from ddbpipe.config import AwsOptions, ExportOptions, ImportOptions
-    from ddbpipe.shards import use_lean_arrow_memory
+    from ddbpipe.process_memory import use_lean_memory
 
-    use_lean_arrow_memory()  # as the ddbpipe command does
+    use_lean_memory()  # as the ddbpipe command does
 
     aws = AwsOptions(endpoint_url=spec.get("endpoint"))
     started = time.perf_counter()

@@ -40,8 +40,8 @@ from ddbpipe.config import (
 from ddbpipe.drill import drill_settings
 from ddbpipe.export_job import run_export
 from ddbpipe.import_job import run_import
+from ddbpipe.process_memory import use_lean_memory
 from ddbpipe.progress import JobProgress
-from ddbpipe.shards import use_lean_arrow_memory
 from ddbpipe.thaw import ThawSummary, run_thaw
 from ddbpipe.verify_job import VerifyReport, run_verify
 from ddbpipe.version import VERSION
@@ -525,7 +525,7 @@ def main() -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     logging.getLogger("ddbpipe").setLevel(logging.INFO)  # the package and all its modules
-    use_lean_arrow_memory()  # memory flat in table size (benchmarks/RESULTS.md)
+    use_lean_memory()  # memory flat in table size (benchmarks/RESULTS.md)
     app()
 
 

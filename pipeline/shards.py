@@ -52,7 +52,6 @@ __all__ = [
     "iter_shard_items",
     "lines",
     "shard_key",
-    "use_lean_arrow_memory",
 ]
 
 # Level 1: on DynamoDB JSON (repetitive type tags and names) it compresses about as well as
@@ -79,25 +78,6 @@ def shard_key(segment: int, seq: int, format: Format, compression: Compression) 
 def _extension(format: Format, compression: Compression) -> str:
     # Parquet compresses its columns with zstd inside the file, whatever ``compression`` says.
     return ".parquet" if format == "parquet" else _NDJSON_EXTENSIONS[compression]
-
-
-# --- Arrow's memory ------------------------------------------------------------------------------
-
-
-def use_lean_arrow_memory() -> None:
-    """Make Arrow allocate from jemalloc (else the system's malloc), which gives back what is
-    freed. Arrow's default pool on most builds, mimalloc, keeps it: measured, reading one
-    150k-item Parquet shard left the process 46 MB larger with mimalloc and about 0 MB with
-    either other pool. Process-wide, so the CLI calls it, not the library; a program using
-    the library can set ARROW_DEFAULT_MEMORY_POOL=jemalloc instead. A pool the user chose
-    with that variable is kept."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # builds without jemalloc (Windows)
-        pool = pa.system_memory_pool()
-    pa.set_memory_pool(pool)
 
 
 # --- hashing while writing ------------------------------------------------------------------

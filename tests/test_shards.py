@@ -350,24 +350,3 @@ def test_parquet_without_item_column_is_rejected(tmp_path: Path) -> None:
     pq.write_table(pa.table({"pk": ["a"]}), path)
     with pytest.raises(CorruptDataError, match="data/x.parquet: .*no '_item' column"):
         read_all(path.read_bytes(), "data/x.parquet")
-
-
-def test_lean_arrow_memory_uses_a_pool_that_gives_memory_back_unless_one_was_chosen(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import pyarrow as pa
-
-    from ddbpipe.shards import use_lean_arrow_memory
-
-    before = pa.default_memory_pool()
-    try:
-        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
-        pa.set_memory_pool(pa.mimalloc_memory_pool())
-        use_lean_arrow_memory()
-        assert pa.default_memory_pool().backend_name in ("jemalloc", "system")
-        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
-        pa.set_memory_pool(pa.mimalloc_memory_pool())
-        use_lean_arrow_memory()  # the user's choice stands
-        assert pa.default_memory_pool().backend_name == "mimalloc"
-    finally:
-        pa.set_memory_pool(before)
