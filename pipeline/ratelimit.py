@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
+from typing import Protocol
 
 from .retry import Clock, SystemClock
 
-__all__ = ["AdaptiveRate", "KeyRateLimiter", "TokenBucket"]
+__all__ = ["AdaptiveRate", "Bucket", "KeyRateLimiter", "RateController", "TokenBucket"]
 
 #: A waiter re-checks the balance at least this often, so set_rate() takes effect promptly.
 MAX_SLEEP_SLICE = 1.0
@@ -34,6 +35,40 @@ MAX_SLEEP_SLICE = 1.0
 
 #: Float rounding can leave a waiter a hair short of its goal; that much counts as reached.
 ROUNDING_SLACK = 1e-9
+
+
+class Bucket(Protocol):
+    """What spends capacity needs of a bucket: a ``TokenBucket`` here, or one leasing from a
+    cluster-wide account (``shared_capacity.LeasedBucket``)."""
+
+    @property
+    def rate(self) -> float: ...
+
+    def charge(self, amount: float) -> None: ...
+
+    async def acquire(self, amount: float) -> None: ...
+
+    async def wait_for_credit(self) -> None: ...
+
+    def set_rate(self, rate: float) -> None: ...
+
+    def follow(self, update_rate: Callable[[], None], *, every: float) -> None: ...
+
+
+class RateController(Protocol):
+    """What a writer tells of throttles and accepted units: ``AdaptiveRate`` here, or one whose
+    decisions a cluster-wide account makes (``shared_capacity.SharedController``)."""
+
+    @property
+    def rate(self) -> float: ...
+
+    def now(self) -> float: ...
+
+    def attach(self, bucket: Bucket) -> None: ...
+
+    def on_success(self, units: float = 0.0) -> None: ...
+
+    def on_throttle(self, sent_at: float | None = None) -> bool: ...
 
 
 class TokenBucket:
@@ -198,7 +233,7 @@ class AdaptiveRate:
         *,
         clock: Clock | None = None,
         floor: float | None = None,
-        bucket: TokenBucket | None = None,
+        bucket: Bucket | None = None,
         beta: float = 0.7,
         cubic_c: float = 0.004,
         cooldown: float = 1.0,
@@ -289,7 +324,7 @@ class AdaptiveRate:
         # Nothing accepted yet may only mean the replies since the cut are still on their way.
         return accepted / (now - since) if accepted > 0 else None
 
-    def attach(self, bucket: TokenBucket) -> None:
+    def attach(self, bucket: Bucket) -> None:
         """Drive ``bucket`` from now on: its rate is set at once, and it asks for the rate
         again while it waits (a slow start doubles every quarter second whether or not
         replies arrive)."""
@@ -348,10 +383,13 @@ class KeyRateLimiter:
     """Per-key token buckets, e.g. one per partition-key value at DynamoDB's 1,000 WCU/s cap.
 
     Non-blocking: ``try_take(key, units)`` says whether the key may spend ``units`` now, so a
-    caller holds back the records of a hot key while other keys go ahead. Memory is bounded:
-    only the ``max_keys`` most recently used keys are remembered. A forgotten key starts again
-    with a full bucket, which is what it would have anyway once idle for ``burst / rate``
-    seconds, so evicting the least recently used key almost never lets a key overspend.
+    caller holds back the records of a hot key while other keys go ahead. A forgotten key
+    starts again with a full bucket, so a key whose bucket has refilled is forgotten: what is
+    remembered is the keys used within about ``burst / rate`` seconds (one second at
+    DynamoDB's cap), however many keys the table has. An import of distinct keys otherwise
+    remembered its last ``max_keys`` keys, about 25 MB, and a job's memory grew with the
+    table until it did. ``max_keys`` still bounds the rest: evicting the least recently used
+    key almost never lets a key overspend.
     """
 
     def __init__(
@@ -403,3 +441,9 @@ class KeyRateLimiter:
         self._buckets.move_to_end(key)
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
+        # Least recently used first: forget keys from the front while their buckets are full.
+        while self._buckets:
+            oldest, (saved, updated_at) = next(iter(self._buckets.items()))
+            if saved + (now - updated_at) * self.rate < self.burst:
+                break
+            del self._buckets[oldest]

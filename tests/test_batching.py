@@ -250,6 +250,22 @@ def test_key_rate_limiter_forgets_the_least_recently_used_keys() -> None:
     assert limiter.try_take("d", 5)
 
 
+def test_key_rate_limiter_forgets_keys_whose_buckets_refilled_so_memory_follows_the_rate(
+) -> None:
+    clock = ManualClock()
+    limiter = KeyRateLimiter(10, clock=clock)
+    for key in range(1000):  # distinct keys, as a table's items mostly are
+        assert limiter.try_take(key, 10)
+        clock.advance(0.01)
+    # Only the keys of the last second (10 units at 10/s) are not full again yet.
+    assert 95 <= len(limiter) <= 101  # (float rounding at the edge)
+    assert limiter.try_take("in-debt", 30)  # bigger than the burst: 2 s of debt to wait out
+    clock.advance(1.5)
+    assert limiter.try_take("fresh", 1)
+    assert len(limiter) == 2, "the refilled keys are gone; the one still in debt is not"
+    assert not limiter.try_take("in-debt", 1)
+
+
 def test_key_rate_limiter_lets_an_item_bigger_than_the_burst_through_a_full_bucket() -> None:
     clock = ManualClock()
     limiter = KeyRateLimiter(100, clock=clock)
