@@ -113,6 +113,13 @@ EndpointUrl = Annotated[
 S3EndpointUrl = Annotated[
     str | None, typer.Option(help="S3 endpoint for s3:// paths (MinIO, moto, ...).")
 ]
+ClusterOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Run on a Dask cluster: local:N starts N worker processes here (every core), "
+        "tcp://host:8786 uses a running scheduler. Capacity limits hold for the whole "
+        "cluster. Needs the dask extra; see docs/SCALING.md.", metavar="CLUSTER"),
+]
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print one JSON summary object on stdout at the end.")
 ]
@@ -226,6 +233,7 @@ def export(
         "Tag every object, KEY=VALUE; repeat for more (at most 10).", "--tag",
         metavar="KEY=VALUE")] = None,
     expected_bucket_owner: ExpectedBucketOwner = None,
+    cluster: ClusterOption = None,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -263,7 +271,7 @@ def export(
             format=cast(Format | None, format),
             compression=cast(Compression | None, compression),
             max_rcu=max_rcu, page_size=page_size, consistent_read=consistent_read,
-            resume=resume, archive=archive,
+            resume=resume, archive=archive, cluster=cluster,
             aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 

@@ -56,8 +56,17 @@ def report(summary: dict[str, Any], json_output: bool, line: str) -> None:
 def export_detail(p: JobProgress) -> str:
     return (
         f"{p.items:,} items  {mb(p.raw_bytes)}  {p.items_per_second:,.0f} items/s  "
-        f"{p.capacity_per_second:,.1f} RCU/s  segments {p.segments_done}/{p.segments_total}"
+        f"{p.capacity_per_second:,.1f} RCU/s{_of_budget(p)}  "
+        f"segments {p.segments_done}/{p.segments_total}{_workers(p)}"
     )
+
+
+def _of_budget(p: JobProgress) -> str:
+    return f" of {p.target_rate:,.0f}" if p.target_rate else ""
+
+
+def _workers(p: JobProgress) -> str:
+    return f"  workers busy {p.workers_busy}" if p.workers_busy else ""
 
 
 def import_detail(p: JobProgress) -> str:
@@ -65,6 +74,7 @@ def import_detail(p: JobProgress) -> str:
         f"{p.items:,} written  {p.dead_lettered:,} dead-lettered  "
         f"{p.capacity_per_second:,.0f} WCU/s of {p.target_rate:,.0f}  "
         f"{p.throttles / p.elapsed:,.1f} throttles/s  files {p.files_done}/{p.files_total}"
+        f"{_workers(p)}"
     )
 
 

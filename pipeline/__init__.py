@@ -29,6 +29,7 @@ from collections.abc import Callable as _Callable
 
 from .catalog import ListedExport
 from .catalog import run_list as _run_list
+from .cluster import scheduler_address as _scheduler_address
 from .config import AwsOptions, ExportOptions, ImportOptions
 from .config import Compression as _Compression
 from .config import Format as _Format
@@ -191,6 +192,7 @@ def export_table(
     endpoint_url: str | None = None,
     s3_endpoint_url: str | None = None,
     aws: AwsOptions | None = None,
+    cluster: object | None = None,
     progress: JobProgress | None = None,
 ) -> ExportSummary:
     """Export ``table`` to ``destination`` (a local directory or ``s3://bucket/prefix``).
@@ -200,7 +202,8 @@ def export_table(
     written) and returns its summary. Raises a ``TerminalError`` subclass with a one-line
     reason when it cannot finish; an interrupted export continues with ``resume=True``. Pass
     a ``JobProgress`` to watch the counters from another thread. Inside a running event loop,
-    use ``export_table_async``.
+    use ``export_table_async``. ``cluster``: run the segments on Dask, ``"local:N"``, a
+    scheduler's address or a ``distributed.Client`` (docs/SCALING.md).
     """
     if isinstance(table, ExportOptions):
         _only_the_options("ExportOptions", locals(), "table")
@@ -218,6 +221,7 @@ def export_table(
             shard_bytes=shard_bytes,
             page_size=page_size,
             aws=_aws_options(aws, region, profile, endpoint_url, s3_endpoint_url),
+            cluster=None if cluster is None else _scheduler_address(cluster),
         )
     return _asyncio.run(export_table_async(options, progress=progress))
 

@@ -27,6 +27,23 @@ DEFAULT_PARQUET_SHARD_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 64
 
 
+#: --cluster: local:N (N worker processes here) or a Dask scheduler's address.
+LOCAL_CLUSTER = re.compile(r"local:(\d+)")
+_SCHEDULER_ADDRESS = re.compile(r"(tcp|tls|ws|wss)://[^\s/]+")
+CLUSTER_USAGE = ("--cluster takes local:N (N worker processes on this machine) or a Dask "
+                 "scheduler's address such as tcp://scheduler:8786")
+
+
+def check_cluster(text: str) -> str:
+    """``text`` if it names a cluster, else a ConfigError saying what does."""
+    local = LOCAL_CLUSTER.fullmatch(text)
+    if local is not None and 1 <= int(local.group(1)) <= 1024:
+        return text
+    if local is None and _SCHEDULER_ADDRESS.fullmatch(text):
+        return text
+    raise ConfigError(f"{CLUSTER_USAGE}, not {text!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class AwsOptions:
     """Where and as whom to call AWS, following the AWS CLI's conventions.
@@ -268,6 +285,8 @@ class ExportOptions:
     aws: AwsOptions = field(default_factory=AwsOptions)
     #: None: none for a new export, whatever the saved export used for --resume.
     archive: ArchiveOptions | None = None
+    #: Segments as tasks on a Dask cluster: "local:N" or a scheduler address (cluster.py).
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         owner = ["--expected-bucket-owner"] if self.aws.expected_bucket_owner else []
@@ -288,6 +307,8 @@ class ExportOptions:
             raise ConfigError(f"--page-size must be at least 1, not {self.page_size}")
         if self.max_concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.max_concurrency}")
+        if self.cluster is not None:
+            check_cluster(self.cluster)
 
 
 def default_shard_bytes(format: str) -> int:

@@ -106,6 +106,10 @@ class AwsRequestError(TerminalError):
         self.code = code
         self.resource = resource
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only details survive pickling (an error raised in a cluster's worker).
+        return (type(self), (str(self),), self.__dict__)
+
 
 class TableNotFoundError(AwsRequestError):
     """The DynamoDB table does not exist in this account and region."""

@@ -8,13 +8,15 @@ last as the commit point; then the state folder is removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import ArchiveOptions, ExportOptions, default_shard_bytes
+from .cluster import Cluster, open_cluster
+from .config import ArchiveOptions, AwsOptions, ExportOptions, default_shard_bytes
 from .dynamo import DynamoClient
 from .errors import DdbpipeError, DestinationExistsError, ResumeError, first_error
 from .manifest import (
@@ -31,10 +33,19 @@ from .manifest import (
     final_documents,
     segment_state_key,
 )
+from .process_memory import use_lean_memory
 from .progress import JobProgress
 from .retry import Clock, SystemClock
-from .scan import ReadBudget, SegmentTask, plan_segments, read_bucket, run_segment
+from .scan import (
+    READ_BURST_SECONDS,
+    ReadBudget,
+    SegmentTask,
+    plan_segments,
+    read_bucket,
+    run_segment,
+)
 from .schema import key_attributes, refuse_a_table_being_deleted, table_schema
+from .shared_capacity import AccountLink, BudgetSpec, LeasedBucket
 from .storage import ObjectStore, open_store
 from .version import VERSION
 
@@ -81,15 +92,26 @@ async def run_export(
     store = open_store(options.destination, options.aws, clock=clock)
     try:
         await store.ensure_ready(for_write=True)
-        async with DynamoClient.open(
-            options.aws, max_connections=options.max_concurrency, clock=clock
-        ) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(DynamoClient.open(
+                options.aws, max_connections=options.max_concurrency, clock=clock
+            ))
             description = await client.describe_table(options.table)
             refuse_a_table_being_deleted(description, "there is nothing to export")
-            plan, checkpoints = await _prepare(options, store, client, description)
-            _start_progress(progress, plan, checkpoints, description)
-            finals = await _run_segments(options, plan, checkpoints, client, store, progress)
-            progress.throttles = client.throttles
+            cluster = (await stack.enter_async_context(open_cluster(options.cluster))
+                       if options.cluster else None)
+            # On a cluster, many more segments than workers: handed out as workers free up,
+            # the job ends when the work does, not when the slowest share does.
+            cores = await cluster.threads() * SEGMENTS_PER_CLUSTER_THREAD if cluster else None
+            plan, checkpoints = await _prepare(options, store, client, description, cores)
+            _start_progress(progress, options, plan, checkpoints, description)
+            if cluster is None:
+                finals = await _run_segments(options, plan, checkpoints, client, store,
+                                             progress)
+                progress.throttles = client.throttles
+            else:
+                finals = await _run_segments_on_cluster(options, plan, checkpoints, cluster,
+                                                        progress)
         manifest = await _commit(store, plan, finals, clock)
     finally:
         await store.close()
@@ -114,7 +136,8 @@ async def run_export(
 
 
 async def _prepare(
-    options: ExportOptions, store: ObjectStore, client: DynamoClient, description: dict[str, Any]
+    options: ExportOptions, store: ObjectStore, client: DynamoClient,
+    description: dict[str, Any], cores: int | None,
 ) -> tuple[ExportPlan, list[SegmentCheckpoint]]:
     if await store.head(MANIFEST_KEY) is not None:
         raise DestinationExistsError(
@@ -142,14 +165,14 @@ async def _prepare(
         raise DestinationExistsError(
             f"{store.url} already has files under {DATA_PREFIX}: choose an empty destination"
         )
-    plan = await _new_plan(options, store, client, description)
+    plan = await _new_plan(options, client, description, cores)
     await store.check_archive(plan.archive)
     await store.put_bytes(STATE_KEY, encode_plan(plan), archive=plan.archive.for_state())
     return plan, [SegmentCheckpoint(segment=s) for s in range(plan.segments)]
 
 
 async def _new_plan(
-    options: ExportOptions, store: ObjectStore, client: DynamoClient, description: dict[str, Any]
+    options: ExportOptions, client: DynamoClient, description: dict[str, Any], cores: int | None
 ) -> ExportPlan:
     time_to_live = await client.describe_time_to_live(options.table)
     tags = await client.list_tags(description["TableArn"]) if description.get("TableArn") else None
@@ -162,7 +185,8 @@ async def _new_plan(
         region=client.region,
         data_format=export_format,
         compression=options.compression or "zstd",
-        segments=options.segments or plan_segments(int(description.get("TableSizeBytes", 0))),
+        segments=options.segments or plan_segments(int(description.get("TableSizeBytes", 0)),
+                                                   cores),
         consistent_read=options.consistent_read,
         shard_bytes=options.shard_bytes or default_shard_bytes(export_format),
         start_time=utc_timestamp(client.clock),
@@ -205,24 +229,24 @@ def _same_archive(asked: ArchiveOptions, saved: ArchiveOptions) -> bool:
 
 async def _load_checkpoints(store: ObjectStore, plan: ExportPlan) -> list[SegmentCheckpoint]:
     saved = {info.key for info in await store.list(STATE_PREFIX)}
-    checkpoints = []
-    for segment in range(plan.segments):
-        key = segment_state_key(segment)
-        if key in saved:
-            checkpoint = decode_checkpoint(await store.get_bytes(key), key)
-        else:
-            checkpoint = SegmentCheckpoint(segment=segment)
-        checkpoints.append(checkpoint)
-    return checkpoints
+    return [await _saved_checkpoint(store, segment) if segment_state_key(segment) in saved
+            else SegmentCheckpoint(segment=segment) for segment in range(plan.segments)]
+
+
+async def _saved_checkpoint(store: ObjectStore, segment: int) -> SegmentCheckpoint:
+    key = segment_state_key(segment)
+    return decode_checkpoint(await store.get_bytes(key), key)
 
 
 def _start_progress(
     progress: JobProgress,
+    options: ExportOptions,
     plan: ExportPlan,
     checkpoints: list[SegmentCheckpoint],
     description: dict[str, Any],
 ) -> None:
     progress.segments_total = plan.segments
+    progress.target_rate = options.max_rcu or 0.0
     progress.items_estimate = int(description.get("ItemCount", 0))
     for checkpoint in checkpoints:
         progress.items += checkpoint.items
@@ -251,21 +275,9 @@ async def _run_segments(
     running = asyncio.Semaphore(options.max_concurrency)
 
     async def one_segment(checkpoint: SegmentCheckpoint) -> SegmentCheckpoint:
-        task = SegmentTask(
-            table=plan.table_name,
-            segment=checkpoint.segment,
-            total_segments=plan.segments,
-            format=plan.data_format,
-            compression=plan.compression,
-            key_attributes=plan.key_attributes,
-            consistent_read=plan.consistent_read,
-            shard_bytes=plan.shard_bytes,
-            page_size=options.page_size,
-            archive=plan.archive,
-        )
         async with running:
             return await run_segment(
-                task,
+                _segment_task(options, plan, checkpoint.segment),
                 checkpoint,
                 client=client,
                 store=store,
@@ -279,6 +291,80 @@ async def _run_segments(
     except BaseExceptionGroup as group_error:
         raise first_error(group_error) from None
     return [task.result() for task in tasks]
+
+
+def _segment_task(options: ExportOptions, plan: ExportPlan, segment: int) -> SegmentTask:
+    return SegmentTask(
+        table=plan.table_name,
+        segment=segment,
+        total_segments=plan.segments,
+        format=plan.data_format,
+        compression=plan.compression,
+        key_attributes=plan.key_attributes,
+        consistent_read=plan.consistent_read,
+        shard_bytes=plan.shard_bytes,
+        page_size=options.page_size,
+        archive=plan.archive,
+    )
+
+
+# --- the scan on a cluster -------------------------------------------------------------------
+
+#: Segments planned per task a cluster runs at once (when --segments is not given).
+SEGMENTS_PER_CLUSTER_THREAD = 4
+#: DynamoDB connections of one segment task on a worker (it has one Scan request in flight).
+WORKER_CONNECTIONS = 4
+
+
+async def _run_segments_on_cluster(
+    options: ExportOptions,
+    plan: ExportPlan,
+    checkpoints: list[SegmentCheckpoint],
+    cluster: Cluster,
+    progress: JobProgress,
+) -> list[SegmentCheckpoint]:
+    budget = (BudgetSpec(options.max_rcu, burst=options.max_rcu * READ_BURST_SECONDS)
+              if options.max_rcu else None)
+    todo = [c for c in checkpoints if not c.done]
+    finished = await cluster.run(
+        export_segment_on_worker,
+        [(_segment_task(options, plan, c.segment), c, options.destination, options.aws,
+          budget is not None) for c in todo],
+        budget=budget, progress=progress,
+    )
+    by_segment = {c.segment: c for c in [*checkpoints, *finished]}
+    return [by_segment[segment] for segment in range(plan.segments)]
+
+
+def export_segment_on_worker(
+    task: SegmentTask, checkpoint: SegmentCheckpoint, destination: str, aws: AwsOptions,
+    budgeted: bool, job: str,
+) -> SegmentCheckpoint:
+    """One segment's export as a task on a Dask worker; its final checkpoint."""
+    use_lean_memory()
+    return asyncio.run(_export_segment(task, checkpoint, destination, aws, budgeted, job))
+
+
+async def _export_segment(
+    task: SegmentTask, checkpoint: SegmentCheckpoint, destination: str, aws: AwsOptions,
+    budgeted: bool, job: str,
+) -> SegmentCheckpoint:
+    from .capacity_plugin import worker_channel, worker_name
+
+    link = AccountLink(worker_channel(job), worker=worker_name())
+    store = open_store(destination, aws)
+    try:
+        # A task run again (its worker died) continues from what its first run stored.
+        if await store.head(segment_state_key(task.segment)) is not None:
+            checkpoint = await _saved_checkpoint(store, task.segment)
+        async with DynamoClient.open(aws, max_connections=WORKER_CONNECTIONS) as client:
+            await link.send()  # what a page of this Scan costs, if another task knows
+            read_budget = ReadBudget(LeasedBucket(link), pages=link) if budgeted else None
+            async with link.reporting():
+                return await run_segment(task, checkpoint, client=client, store=store,
+                                         progress=link.progress, read_budget=read_budget)
+    finally:
+        await store.close()
 
 
 # --- after the scan --------------------------------------------------------------------------

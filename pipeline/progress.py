@@ -29,6 +29,8 @@ class JobProgress:
     dead_lettered: int = 0
     target_rate: float = 0.0
     current_rate: float = 0.0
+    #: On a cluster: the worker processes that reported within the last two seconds.
+    workers_busy: int = 0
     #: DynamoDB's estimate of the table's item count (refreshed about every 6 hours by AWS).
     items_estimate: int = 0
     #: Where the rates and the ETA read the time.

@@ -122,7 +122,12 @@ class TokenBucket:
         a controller that grows with time alone (``AdaptiveRate``) then reaches the waiter,
         which would otherwise wait its whole debt out at the old rate."""
         self._update_rate = update_rate
-        self._sleep_slice = min(every, MAX_SLEEP_SLICE)
+        self.recheck_every(every)
+
+    def recheck_every(self, seconds: float) -> None:
+        """Waiters look at the balance again at least this often: a refund (``charge`` of a
+        negative amount) from elsewhere then reaches them within that time."""
+        self._sleep_slice = min(seconds, self._sleep_slice)
 
     def charge(self, amount: float) -> None:
         """Take ``amount`` tokens now, even into debt; later waiters wait the debt out. A

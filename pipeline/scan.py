@@ -17,14 +17,14 @@ import math
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .codec import ScanPage, decode_scan_page, read_units
 from .config import ArchiveOptions, Compression, Format
 from .dynamo import DynamoClient
 from .manifest import SegmentCheckpoint, ShardEntry, encode_checkpoint, segment_state_key
 from .progress import JobProgress
-from .ratelimit import TokenBucket
+from .ratelimit import Bucket, TokenBucket
 from .retry import Clock
 from .schema import KeyAttributes
 from .shards import ShardWriter, shard_key
@@ -87,10 +87,12 @@ class ReadBudget:
       page it underestimated would be sent by every segment at once.
     """
 
-    def __init__(self, bucket: TokenBucket) -> None:
+    def __init__(self, bucket: Bucket, pages: PageCosts | None = None) -> None:
         self.bucket = bucket
         # The most any page has cost so far; None until the first reply.
         self._page_estimate: float | None = None
+        # Other processes' pages of the same Scan (a cluster's tasks): their costs count too.
+        self._pages = pages
         self._first_page_out = False
         self._news = asyncio.Event()
 
@@ -110,6 +112,8 @@ class ReadBudget:
             # A page that failed stays charged what it reserved: it may have been served.
             self.bucket.charge(page.consumed_capacity - reservation.units)
             self._page_estimate = max(page.consumed_capacity, self._page_estimate or 0.0)
+            if self._pages is not None:
+                self._pages.note_page(page.consumed_capacity)
         finally:
             if reservation.first_of_all:
                 self._first_page_done()
@@ -121,6 +125,8 @@ class ReadBudget:
         return await self._first_page(read_units(MAX_PAGE_BYTES, consistent_read))
 
     async def _first_page(self, worst_case: float) -> _Reservation:
+        if self._page_estimate is None and self._pages is not None:
+            self._page_estimate = self._pages.largest_page()
         while self._page_estimate is None and self._first_page_out:
             await self._news.wait()
         if self._page_estimate is not None:
@@ -134,6 +140,14 @@ class ReadBudget:
         self._first_page_out = False
         woken, self._news = self._news, asyncio.Event()
         woken.set()
+
+
+class PageCosts(Protocol):
+    """What the pages of one Scan cost in other processes (``shared_capacity.AccountLink``)."""
+
+    def largest_page(self) -> float | None: ...
+
+    def note_page(self, cost: float) -> None: ...
 
 
 @dataclass(frozen=True)

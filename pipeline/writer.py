@@ -34,7 +34,7 @@ from .batching import MAX_BATCH_REQUESTS, BatchBuilder
 from .dynamo import DynamoClient
 from .errors import AwsRequestError, ThrottledError, TransientError
 from .progress import JobProgress
-from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
+from .ratelimit import Bucket, KeyRateLimiter, RateController
 from .records import Key, WriteRecord, item_key
 from .retry import Clock, RetryPolicy, SystemClock
 
@@ -84,8 +84,8 @@ class TableWriter:
         table: str,
         key_attributes: Sequence[str],
         *,
-        bucket: TokenBucket,
-        controller: AdaptiveRate | None = None,
+        bucket: Bucket,
+        controller: RateController | None = None,
         key_limiter: KeyRateLimiter | None = None,
         concurrency: int = 16,
         retry_deadline: float = 15 * 60.0,

@@ -48,7 +48,8 @@ libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 pinned = _fix_glibc_mmap_threshold() if sys.argv[1] == "pin" else False
-libc.free(libc.malloc(1 << 20))
+libc.malloc_trim(0)  # no free space at the heap's top: 1 MiB is mmap'd unless the threshold
+libc.free(libc.malloc(1 << 20))  # was raised already (then left alone, it stays raised)
 libc.malloc_trim(0)  # no free space at the heap's top that could serve the request instead
 before = libc.mallinfo2().hblks
 block = libc.malloc(256 * 1024)

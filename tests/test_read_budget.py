@@ -198,22 +198,33 @@ def test_max_rcu_holds_through_the_capacity_simulator(
 ) -> None:
     # ~1.5 RCU pages against 30 RCU/s: about ten seconds of budget. The simulator meters each
     # read in the second it arrived; a busy machine only delays reads, never adds any.
-    items = kilobyte_items(2000)
-    table = make_table(items)
     max_rcu = 30.0
-    capacity_simulator.configure(table, wcu=10_000)
-    summary = ddbpipe.export_table(
-        table, str(tmp_path / "export"), segments=4, max_rcu=max_rcu, page_size=10,
-        endpoint_url=capacity_simulator.endpoint,
-    )
-    stats = capacity_simulator.stats(table)
-    assert summary.items == 2000
-    assert stats.consumed_rcu == pytest.approx(summary.consumed_rcu)
-    per_second = [(float(second), units) for second, units in stats.rcu_per_second]
+    summary, items, per_second = export_through_the_simulator(
+        tmp_path, make_table, capacity_simulator, max_rcu, segments=4)
     # Whole seconds, not pages: the rule's page is the largest one a page of 10 items can cost.
     largest_page = codec.read_units(10 * max(map(codec.item_size, items)), consistent=False)
     windows = replace(windows_of(per_second, summary.seconds), largest_call=largest_page)
     assert_kept(windows, max_rcu, exact=False)
+
+
+def export_through_the_simulator(
+    tmp_path: Path, make_table: Callable[..., str], simulator: Any, max_rcu: float,
+    **settings: Any,
+) -> tuple[Any, list[dict[str, Any]], list[tuple[float, float]]]:
+    """An export of 2,000 items of about 1 KB, 10 to a page, at ``max_rcu`` through the
+    capacity simulator: its summary, the items, and the RCU the simulator metered per second
+    (checked to be what the export reported)."""
+    items = kilobyte_items(2000)
+    table = make_table(items)
+    simulator.configure(table, wcu=10_000)
+    summary = ddbpipe.export_table(
+        table, str(tmp_path / "export"), max_rcu=max_rcu, page_size=10,
+        endpoint_url=simulator.endpoint, **settings,
+    )
+    stats = simulator.stats(table)
+    assert summary.items == 2000
+    assert stats.consumed_rcu == pytest.approx(summary.consumed_rcu)
+    return summary, items, sorted((float(second), units) for second, units in stats.rcu_per_second)
 
 
 # --- ReadBudget: the first pages ---------------------------------------------------------------
