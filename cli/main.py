@@ -334,6 +334,7 @@ def import_(
                      "(default: ddbpipe-import-TABLE.checkpoint.json)."),
     ] = None,
     expected_bucket_owner: ExpectedBucketOwner = None,
+    cluster: ClusterOption = None,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -351,7 +352,7 @@ def import_(
         return ImportOptions(
             source=source, table=table, target_wcu=target_wcu, create_table=create_table,
             without_indexes=without_indexes, resume=resume, dead_letter=dead_letter,
-            checkpoint=checkpoint,
+            checkpoint=checkpoint, cluster=cluster,
             aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 

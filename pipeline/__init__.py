@@ -279,6 +279,7 @@ def import_table(
     endpoint_url: str | None = None,
     s3_endpoint_url: str | None = None,
     aws: AwsOptions | None = None,
+    cluster: object | None = None,
     progress: JobProgress | None = None,
 ) -> ImportSummary:
     """Write the items of ``source`` into ``table`` at ``target_wcu`` write units per second.
@@ -289,7 +290,8 @@ def import_table(
     to the ``dead_letter`` file and are counted in the summary; nothing is dropped silently.
     Raises a ``TerminalError`` subclass, before writing anything, for a bad source, a missing
     table (without ``create_table``) or a key-schema mismatch. A killed import continues with
-    ``resume=True``. Inside a running event loop, use ``import_table_async``.
+    ``resume=True``. Inside a running event loop, use ``import_table_async``. ``cluster``:
+    write the files on Dask, as for ``export_table`` (docs/SCALING.md).
     """
     if isinstance(source, ImportOptions):
         _only_the_options("ImportOptions", locals(), "source")
@@ -305,6 +307,7 @@ def import_table(
             dead_letter=dead_letter,
             checkpoint=checkpoint,
             aws=_aws_options(aws, region, profile, endpoint_url, s3_endpoint_url),
+            cluster=None if cluster is None else _scheduler_address(cluster),
         )
     return _asyncio.run(import_table_async(options, progress=progress))
 

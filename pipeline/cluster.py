@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from .config import LOCAL_CLUSTER, check_cluster
 from .errors import ConfigError, DdbpipeError
 from .progress import JobProgress
-from .shared_capacity import PROGRESS_COUNTERS, BudgetSpec
+from .shared_capacity import PROGRESS_COUNTERS, BudgetSpec, Message
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,14 @@ class Cluster:
         *,
         budget: BudgetSpec | None,
         progress: JobProgress,
+        on_status: Callable[[Message], None] | None = None,
     ) -> list[T]:
         """``function(*args, job)`` for each args of ``inputs``, as tasks handed out as
         workers free up; their results in the order of ``inputs``. The job's account lives
-        while they run; the progress display follows its totals. The first task to fail
-        cancels the rest and its error is raised."""
+        while they run; the progress display follows its totals, and ``on_status`` is given
+        each status read (the files and dead letters an import writes down), the last one
+        after the tasks ended. The first task to fail cancels the rest and its error is
+        raised."""
         job = uuid.uuid4().hex
         scheduler = self.client.scheduler
         await scheduler.ddbpipe_capacity(action="open", job=job,
@@ -124,7 +127,7 @@ class Cluster:
             self.client.submit(function, *args, job, key=f"ddbpipe-{job}-{index}", pure=False)
             for index, args in enumerate(inputs)
         ]
-        follow = asyncio.ensure_future(self._follow(job, progress, base))
+        follow = asyncio.ensure_future(self._follow(job, progress, base, on_status))
         try:
             results: list[T] = await self.client.gather(futures)
             return results
@@ -133,19 +136,23 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await follow
             await self.client.cancel(futures)
-            await self._show(job, progress, base)
+            await self._show(job, progress, base, on_status)
             await scheduler.ddbpipe_capacity(action="close", job=job)
 
-    async def _follow(self, job: str, progress: JobProgress, base: dict[str, float]) -> None:
+    async def _follow(self, job: str, progress: JobProgress, base: dict[str, float],
+                      on_status: Callable[[Message], None] | None) -> None:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
             try:
-                await self._show(job, progress, base)
-            except (OSError, DdbpipeError) as error:  # the display waits for the next read
+                await self._show(job, progress, base, on_status)
+            except OSError as error:  # the display waits for the next read
                 log.debug("could not read the job's progress: %s", error)
 
-    async def _show(self, job: str, progress: JobProgress, base: dict[str, float]) -> None:
+    async def _show(self, job: str, progress: JobProgress, base: dict[str, float],
+                    on_status: Callable[[Message], None] | None) -> None:
         status = await self.client.scheduler.ddbpipe_capacity(action="status", job=job)
+        if on_status is not None:
+            on_status(status)
         for name, total in status["totals"].items():
             setattr(progress, name, type(base[name])(base[name] + total))
         if status["rate"]:

@@ -341,8 +341,12 @@ class ImportOptions:
     open_files: int = 8
     retry_deadline: float = 15 * 60.0
     aws: AwsOptions = field(default_factory=AwsOptions)
+    #: Files as tasks on a Dask cluster: "local:N" or a scheduler address (cluster.py).
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
+        if self.cluster is not None:
+            check_cluster(self.cluster)
         if self.aws.expected_bucket_owner:
             refuse_s3_only(self.source, ["--expected-bucket-owner"])
         if self.target_wcu is not None and self.target_wcu <= 0:

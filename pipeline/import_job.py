@@ -17,15 +17,20 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .batching import interleave
 from .config import DEFAULT_ON_DEMAND_WCU, ImportOptions
 from .dynamo import DynamoClient
 from .errors import ConfigError, TableNotFoundError
-from .import_state import DEFAULT_CHECKPOINT_INTERVAL, DeadLetterFile, ImportCheckpoint
+from .import_state import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DeadLetterFile,
+    FileWatermark,
+    ImportCheckpoint,
+)
 from .progress import JobProgress
-from .ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
+from .ratelimit import AdaptiveRate, Bucket, KeyRateLimiter, RateController, TokenBucket
 from .records import WriteRecord
 from .retry import Clock, RetryPolicy, SystemClock
 from .schema import KeyAttributes, key_attributes, refuse_a_table_being_deleted
@@ -50,6 +55,13 @@ PARTITION_KEY_WCU = 1000.0
 SLOW_START_FRACTION = 1 / 8
 #: The global bucket holds at least one batch of 1 KB items.
 MIN_BURST_WCU = 25.0
+
+
+def write_burst(target_wcu: float) -> float:
+    """What the write budget may save up: a tenth of a second of credit (a full second at a
+    target far above the table's capacity arrives as one burst of throttled calls before the
+    controller can react), at least one batch."""
+    return max(target_wcu / 10, MIN_BURST_WCU)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,8 +124,15 @@ async def run_import(
             # What was finished before a resume: part of this import's totals.
             earlier_written = checkpoint.items_written
             earlier_dead_lettered = checkpoint.items_dead_lettered
-            run = _ImportRun(options, source, store, checkpoint, progress, table_keys, clock)
-            await run.write_all(target_wcu)
+            dead_letter = _open_dead_letter(options, checkpoint)
+            run = ImportRun(options, source, store, checkpoint, dead_letter, progress,
+                            table_keys, clock)
+            if options.cluster:
+                from .import_cluster import write_all_on_cluster
+
+                await write_all_on_cluster(run, target_wcu)
+            else:
+                await run.write_all(target_wcu)
             indexes = []
             if created and not options.without_indexes and source.table_schema:
                 indexes = await add_global_indexes(
@@ -129,7 +148,7 @@ async def run_import(
         table=options.table,
         items_read=run.items_read + earlier_written + earlier_dead_lettered,
         items_written=run.items_written + earlier_written,
-        items_dead_lettered=run.dead_letter.count + earlier_dead_lettered,
+        items_dead_lettered=dead_letter.count + earlier_dead_lettered,
         consumed_wcu=round(run.consumed_wcu, 3),
         throttled_requests=run.throttled_requests,
         unprocessed_items=run.unprocessed_items,
@@ -139,7 +158,7 @@ async def run_import(
         created_table=created,
         indexes_added=indexes,
         dead_letter=(
-            str(run.dead_letter.path) if run.dead_letter.count + earlier_dead_lettered else None
+            str(dead_letter.path) if dead_letter.count + earlier_dead_lettered else None
         ),
         resumed=options.resume,
     )
@@ -204,6 +223,17 @@ def _open_checkpoint(
     )
 
 
+def _open_dead_letter(options: ImportOptions, checkpoint: ImportCheckpoint) -> DeadLetterFile:
+    dead_letter = DeadLetterFile(Path(options.dead_letter_path))
+    checkpoint.dead_letter = dead_letter
+    if options.resume:
+        # Files are read again from their watermarks, dead letters above them included.
+        dropped = dead_letter.keep_below(checkpoint.watermarks())
+        if dropped:
+            log.info("resuming: %d dead letters above the watermarks will be redone", dropped)
+    return dead_letter
+
+
 def spread_over_segments(files: tuple[SourceFile, ...] | list[SourceFile]) -> list[SourceFile]:
     """Files in an order that takes turns between Scan segments (partitions)."""
     by_segment: dict[int | None, list[SourceFile]] = {}
@@ -219,14 +249,40 @@ def spread_over_segments(files: tuple[SourceFile, ...] | list[SourceFile]) -> li
 # --- writing -----------------------------------------------------------------------------------
 
 
+class Checkpoint(Protocol):
+    """Where a run's file progress goes: the import's checkpoint file, or (a task on a
+    cluster) reports to the driver (``import_cluster.ReportedFile``)."""
+
+    files: dict[str, FileWatermark]
+
+    def begin(self, key: str, size: int | None) -> FileWatermark: ...
+
+    def save_if_due(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """Where a run's dead letters go: the dead-letter file, or reports to the driver."""
+
+    count: int
+
+    def add(self, *, reason: str, source: str, position: int, kind: str,
+            item: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
-class _ImportRun:
-    """One pass over the files not done, each from its watermark."""
+class ImportRun:
+    """One pass over the files not done, each from its watermark (the driver's), or over
+    one file (a task on a cluster)."""
 
     options: ImportOptions
     source: ImportSource
     store: ObjectStore
-    checkpoint: ImportCheckpoint
+    checkpoint: Checkpoint
+    dead_letter: DeadLetters
     progress: JobProgress
     table_keys: KeyAttributes
     clock: Clock
@@ -239,17 +295,9 @@ class _ImportRun:
     #: Files read to their end whose last records are not finished yet.
     draining: set[str] = field(default_factory=set)
 
-    def __post_init__(self) -> None:
-        self.dead_letter = DeadLetterFile(Path(self.options.dead_letter_path))
-        self.checkpoint.dead_letter = self.dead_letter
-        if self.options.resume:
-            # Files are read again from their watermarks, dead letters above them included.
-            dropped = self.dead_letter.keep_below(self.checkpoint.watermarks())
-            if dropped:
-                log.info("resuming: %d dead letters above the watermarks will be redone",
-                         dropped)
-
-    async def write_all(self, target_wcu: float) -> None:
+    def files_to_do(self, target_wcu: float) -> list[SourceFile]:
+        """The files not done, in the order to write them; the progress display told so."""
+        assert isinstance(self.checkpoint, ImportCheckpoint)
         todo = [f for f in spread_over_segments(self.source.files)
                 if f.key not in self.checkpoint.done]
         self.progress.files_total = len(self.source.files)
@@ -258,13 +306,21 @@ class _ImportRun:
         finished_before = sum(self.checkpoint.watermarks().values())
         self.progress.items_estimate = max((self.source.item_count or 0) - finished_before, 0)
         self.progress.target_rate = target_wcu
-        # A tenth of a second of credit: a full second at a target far above the table's
-        # capacity arrives as one burst of throttled calls before the controller can react.
-        clock = self.clock
-        bucket = TokenBucket(target_wcu, burst=max(target_wcu / 10, MIN_BURST_WCU), clock=clock)
+        return todo
+
+    async def write_all(self, target_wcu: float) -> None:
+        todo = self.files_to_do(target_wcu)
+        bucket = TokenBucket(target_wcu, burst=write_burst(target_wcu), clock=self.clock)
         controller = AdaptiveRate(
-            target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION, clock=clock
+            target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION, clock=self.clock
         )
+        await self.write_files(todo, bucket, controller)
+
+    async def write_files(
+        self, todo: list[SourceFile], bucket: Bucket, controller: RateController
+    ) -> None:
+        """Write ``todo``'s records (each file from its watermark) at ``bucket``'s rate."""
+        clock = self.clock
         # The writer sees every throttle itself (one attempt per call) and retries per record.
         async with DynamoClient.open(
             self.options.aws, max_connections=self.options.concurrency + 4,

@@ -93,6 +93,11 @@ class CapacityAccount:
         #: The most a Scan page of this job has cost: a task's first page reserves that,
         #: not the worst case (ReadBudget).
         self.page_cost: float | None = None
+        #: An import's files: the furthest state any task reported (watermark, dead-lettered,
+        #: done), those changed since the driver last read them, and dead letters to write.
+        self.files: dict[str, Message] = {}
+        self._files_changed: set[str] = set()
+        self._dead_letters: list[Message] = []
         self._seen: dict[str, float] = {}
 
     async def handle(self, message: Message) -> Message:
@@ -102,6 +107,12 @@ class CapacityAccount:
         for name, delta in (message.get("progress") or {}).items():
             if name in self.totals:
                 self.totals[name] += delta
+        for key, state in (message.get("files") or {}).items():
+            # Messages may overtake each other: a watermark never goes back.
+            if key not in self.files or state["watermark"] >= self.files[key]["watermark"]:
+                self.files[key] = state
+                self._files_changed.add(key)
+        self._dead_letters += message.get("dead_letters") or ()
         if message.get("page_cost"):
             self.page_cost = max(self.page_cost or 0.0, message["page_cost"])
         if self.bucket is not None and message.get("charge"):
@@ -116,17 +127,25 @@ class CapacityAccount:
             granted = message["take"] + self._lease_ahead(now)
             await self.bucket.acquire(granted)
             self.granted += granted
-        return {"granted": granted, "rate": self.rate, "page_cost": self.page_cost}
+        reply: Message = {"granted": granted, "rate": self.rate, "page_cost": self.page_cost}
+        if "file_state" in message:
+            reply["file_state"] = self.files.get(message["file_state"])
+        return reply
 
     @property
     def rate(self) -> float:
         return self.bucket.rate if self.bucket is not None else 0.0
 
     def status(self) -> Message:
-        """The totals reported so far, the rate now and the workers drawing."""
+        """The totals reported so far, the rate now and the workers drawing; for the one
+        reader, the driver: the files changed and the dead letters since its last read."""
         now = self.clock.monotonic()
         active = sum(1 for seen in self._seen.values() if now - seen < ACTIVE_WORKER_SECONDS)
-        return {"totals": dict(self.totals), "rate": self.rate, "workers": active}
+        files = {key: self.files[key] for key in sorted(self._files_changed)}
+        self._files_changed.clear()
+        dead_letters, self._dead_letters = self._dead_letters, []
+        return {"totals": dict(self.totals), "rate": self.rate, "workers": active,
+                "files": files, "dead_letters": dead_letters}
 
     def _lease_ahead(self, now: float) -> float:
         active = sum(1 for seen in self._seen.values() if now - seen < ACTIVE_WORKER_SECONDS)
@@ -153,6 +172,9 @@ class AccountLink:
         self.throttles: list[float] = []
         #: The most a page has cost, in this task or (from the account) in any.
         self.page_cost: float | None = None
+        #: An import task's file state and the dead letters below its watermark, to send.
+        self.files: dict[str, Message] = {}
+        self.dead_letters: list[Message] = []
         self._sending: set[asyncio.Task[float]] = set()
 
     async def send(self, take: float = 0.0) -> float:
@@ -167,6 +189,10 @@ class AccountLink:
             message["accepted"], self.accepted = self.accepted, 0.0
         if self.page_cost:
             message["page_cost"] = self.page_cost
+        if self.files:
+            message["files"], self.files = self.files, {}
+        if self.dead_letters:
+            message["dead_letters"], self.dead_letters = self.dead_letters, []
         if self.throttles:
             message["throttles"] = [self.clock.monotonic() - t for t in self.throttles]
             self.throttles = []
@@ -189,6 +215,13 @@ class AccountLink:
             # or fails the task itself.
             log.debug("a report did not reach the account: %s", task.exception())
 
+    async def file_state(self, key: str) -> Message | None:
+        """The furthest state of the file ``key`` that a task reported (a task run again
+        after its worker died continues from it), or None."""
+        reply = await self.channel({"worker": self.worker, "file_state": key})
+        state: Message | None = reply.get("file_state")
+        return state
+
     def largest_page(self) -> float | None:
         return self.page_cost
 
@@ -207,11 +240,21 @@ class AccountLink:
         task = asyncio.ensure_future(report())
         try:
             yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.send()  # not on an error: the rerun reports its own
+        except BaseException:
+            await self._stop(task)
+            try:  # what got done before the error still counts
+                await self.send()
+            except Exception as error:  # the block's own error is the one to raise
+                log.debug("the last report did not reach the account: %s", error)
+            raise
+        await self._stop(task)
+        await self.send()
+
+    @staticmethod
+    async def _stop(task: asyncio.Future[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def _progress_delta(self) -> dict[str, float]:
         delta = {}

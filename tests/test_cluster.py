@@ -3,6 +3,7 @@ Local, moto's S3 and the capacity simulator."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,9 @@ from ddbpipe import cluster as cluster_module
 from ddbpipe.config import AwsOptions, ExportOptions
 from ddbpipe.errors import ConfigError, DdbpipeError
 from ddbpipe.progress import JobProgress
+from tests.conftest import unique_table_name
 from tests.exports import plain_items, read_local_export, scan_table, sorted_items
+from tests.test_import import export, table_items, write_loose
 from tests.test_read_budget import assert_kept, export_through_the_simulator, windows_of
 
 distributed = pytest.importorskip("distributed")
@@ -29,11 +32,34 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[Any]:
-    """Two worker processes, one thread each, restarted by their nannies when killed."""
+    """Two worker processes of two task threads each, restarted by their nannies when killed."""
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None,
     ) as local, distributed.Client(local) as client:
         yield client
+
+
+class WorkerKiller(threading.Thread):
+    """SIGKILLs one of the cluster's worker processes once the job wrote ``after_items``
+    (its nanny starts a new one; Dask runs the lost tasks again)."""
+
+    def __init__(self, client: Any, progress: JobProgress, *, after_items: int) -> None:
+        super().__init__()
+        self.victim = next(iter(client.run(os.getpid).values()))
+        self.progress, self.after_items = progress, after_items
+        self.killed = False
+        self.start()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while self.progress.items < self.after_items and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(self.victim, signal.SIGKILL)
+        self.killed = True
+
+    def assert_killed(self) -> None:
+        self.join()
+        assert self.killed, "the worker was not killed"
 
 
 def test_cluster_values_are_checked_in_one_line() -> None:
@@ -126,29 +152,101 @@ def test_a_worker_killed_mid_export_leaves_the_export_exact(
     dask_cluster: Any,
 ) -> None:
     table = make_table(plain_items(4000))
-    pids = dask_cluster.run(os.getpid)
     progress = JobProgress()
-    killed: list[int] = []
-
-    def kill_one_worker_once_items_flow() -> None:
-        deadline = time.monotonic() + 60
-        while progress.items < 500 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        victim = next(iter(pids.values()))
-        os.kill(victim, signal.SIGKILL)
-        killed.append(victim)
-
-    killer = threading.Thread(target=kill_one_worker_once_items_flow)
-    killer.start()
+    killer = WorkerKiller(dask_cluster, progress, after_items=500)
     options = ExportOptions(
         table=table, destination=str(tmp_path / "export"), segments=16, page_size=25,
         max_rcu=400, aws=AwsOptions(endpoint_url=dynamodb_local.endpoint),
         cluster=dask_cluster.scheduler.address,
     )
     summary = ddbpipe.export_table(options, progress=progress)
-    killer.join()
-    assert killed, "the worker was not killed"
+    killer.assert_killed()
     assert summary.items == 4000
     exported = read_local_export(tmp_path / "export")
     assert len(exported) == 4000, "no item lost or written twice"
     assert sorted_items(exported) == sorted_items(scan_table(dynamodb_client, table))
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+def test_an_import_on_the_cluster_writes_exactly_the_source(
+    tmp_path: Path, dynamodb_local: Any, make_table: Callable[..., str], dynamodb_client: Any,
+    dask_cluster: Any,
+) -> None:
+    source_table = make_table(plain_items(3000))
+    dest = export(source_table, tmp_path / "export", dynamodb_local.endpoint, segments=6,
+                  format="parquet")
+    target = unique_table_name()
+    progress = JobProgress()
+    summary = ddbpipe.import_table(
+        str(dest), target, create_table=True, endpoint_url=dynamodb_local.endpoint,
+        checkpoint=str(tmp_path / "import.checkpoint.json"), cluster=dask_cluster,
+        progress=progress,
+    )
+    try:
+        assert (summary.items_read, summary.items_written, summary.items_dead_lettered) == (
+            3000, 3000, 0)
+        assert summary.files == 6 and summary.created_table
+        assert table_items(dynamodb_client, target) == table_items(dynamodb_client,
+                                                                   source_table)
+        assert (progress.items, progress.files_done) == (3000, 6)
+        assert summary.consumed_wcu == pytest.approx(3000, rel=0.01)
+        assert not (tmp_path / "import.checkpoint.json").exists()
+    finally:
+        dynamodb_client.delete_table(TableName=target)
+
+
+def test_target_wcu_holds_for_the_whole_cluster(
+    tmp_path: Path, dynamodb_local: Any, capacity_simulator: Any, make_table: Any,
+    dynamodb_client: Any, dask_cluster: Any,
+) -> None:
+    # ~1 KB items: one WCU each; far more capacity than asked, so the simulator only meters.
+    items = [{"pk": {"S": f"k{i:05d}"}, "pad": {"S": "p" * 990}} for i in range(2400)]
+    dest = export(make_table(items), tmp_path / "export", dynamodb_local.endpoint, segments=8)
+    target = make_table()
+    capacity_simulator.configure(target, wcu=100_000, partitions=100)
+    target_wcu = 300.0
+    summary = ddbpipe.import_table(
+        str(dest), target, target_wcu=target_wcu, endpoint_url=capacity_simulator.endpoint,
+        checkpoint=str(tmp_path / "import.checkpoint.json"), cluster=dask_cluster,
+    )
+    assert summary.items_written == 2400 and summary.throttled_requests == 0
+    per_second = sorted((float(s), units) for s, units in
+                        capacity_simulator.stats(target).wcu_per_second)
+    # Whole seconds from the second after the first write to the one before the last.
+    inner = [(second, units) for second, units in per_second
+             if per_second[0][0] < second < per_second[-1][0]]
+    windows = windows_of(inner, len(inner))
+    assert len(inner) >= 4, per_second
+    assert 0.9 * target_wcu <= windows.average <= 1.1 * target_wcu, per_second
+    assert windows.worst_five_seconds <= 1.1 * 5 * target_wcu, per_second
+
+
+def test_a_worker_killed_mid_import_leaves_the_table_exact_and_each_dead_letter_once(
+    tmp_path: Path, dynamodb_local: Any, make_table: Callable[..., str], dynamodb_client: Any,
+    dask_cluster: Any,
+) -> None:
+    folder = tmp_path / "loose"
+    items = plain_items(4000)
+    big = [{"pk": {"S": f"too-big-{n}"}, "blob": {"S": "x" * 420_000}} for n in range(4)]
+    for number in range(4):  # four files, each with a bad item in its middle
+        part = items[number * 1000:(number + 1) * 1000]
+        write_loose(folder / f"part-{number}.json", [*part[:500], big[number], *part[500:]])
+    target = make_table()
+    progress = JobProgress()
+    killer = WorkerKiller(dask_cluster, progress, after_items=600)
+    dead_letter = tmp_path / "dead.jsonl"
+    summary = ddbpipe.import_table(
+        str(folder), target, target_wcu=1500, endpoint_url=dynamodb_local.endpoint,
+        checkpoint=str(tmp_path / "import.checkpoint.json"), dead_letter=str(dead_letter),
+        cluster=dask_cluster.scheduler.address, progress=progress,
+    )
+    killer.assert_killed()
+    # The same items put by boto3: DynamoDB's own form of each (numbers, for one).
+    assert table_items(dynamodb_client, target) == table_items(dynamodb_client,
+                                                               make_table(items))
+    letters = [json.loads(line) for line in dead_letter.read_text().splitlines()]
+    assert sorted(letter["Item"]["pk"]["S"] for letter in letters) == [
+        f"too-big-{n}" for n in range(4)]
+    assert summary.items_dead_lettered == 4

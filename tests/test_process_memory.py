@@ -31,10 +31,11 @@ def test_lean_memory_uses_an_arrow_pool_that_gives_memory_back_unless_one_was_ch
         pa.set_memory_pool(before)
 
 
-# In a fresh process: free a 1 MiB block (which, left alone, raises glibc's mmap threshold to
-# 1 MiB), then ask for 256 KiB (a socket read's buffer) and report whether it was mmap'd,
-# that is, whether it goes back to the system when freed. mallinfo2's hblks counts the
-# process's mmap'd blocks.
+# In a fresh process: free a 24 MiB block (mmap'd: above the threshold; left alone, glibc
+# then raises its threshold to 24 MiB, as it does after a freed socket buffer), then ask for
+# 16 MiB and report whether that was mmap'd, that is, whether it goes back to the system
+# when freed. No free piece of the heap holds 16 MiB after a trim, so only the threshold
+# decides. mallinfo2's hblks counts the process's mmap'd blocks.
 _PROBE = """
 import ctypes, sys
 from ddbpipe.process_memory import _fix_glibc_mmap_threshold
@@ -48,11 +49,10 @@ libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 pinned = _fix_glibc_mmap_threshold() if sys.argv[1] == "pin" else False
-libc.malloc_trim(0)  # no free space at the heap's top: 1 MiB is mmap'd unless the threshold
-libc.free(libc.malloc(1 << 20))  # was raised already (then left alone, it stays raised)
-libc.malloc_trim(0)  # no free space at the heap's top that could serve the request instead
+libc.free(libc.malloc(24 << 20))
+libc.malloc_trim(0)
 before = libc.mallinfo2().hblks
-block = libc.malloc(256 * 1024)
+block = libc.malloc(16 << 20)
 print(pinned, libc.mallinfo2().hblks > before)
 libc.free(block)
 """

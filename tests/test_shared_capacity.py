@@ -136,3 +136,28 @@ def test_progress_deltas_add_up_exactly_across_workers_and_messages() -> None:
     assert (totals["shards"], totals["stored_bytes"]) == (3, 21)
     assert account.status()["workers"] == 3
     assert account.granted == 0.0  # no budget: nothing leased, nobody waited
+
+
+def test_file_reports_keep_the_furthest_watermark_and_dead_letters_reach_the_driver_once(
+) -> None:
+    clock = ManualClock()
+    account = CapacityAccount(None, clock=clock)
+    first, rerun = links(account, 2, clock)
+
+    def state(watermark: int) -> dict[str, object]:
+        return {"size": 10, "watermark": watermark, "dead_lettered": 1, "done": False}
+
+    async def main() -> None:
+        first.files["a.json"] = state(40)
+        first.dead_letters.append({"source": "a.json", "position": 7})
+        await first.send()
+        first.files["a.json"] = state(30)  # an older report, overtaken on its way
+        await first.send()
+        assert (await rerun.file_state("a.json"))["watermark"] == 40  # type: ignore[index]
+        assert await rerun.file_state("b.json") is None
+
+    asyncio.run(main())
+    status = account.status()
+    assert status["files"] == {"a.json": state(40)}
+    assert status["dead_letters"] == [{"source": "a.json", "position": 7}]
+    assert account.status()["files"] == {} and account.status()["dead_letters"] == []
