@@ -605,6 +605,20 @@ def _timeline(series: tuple[tuple[int, float], ...], log: CallLog) -> str:
     )
 
 
+def hot_partition_bound(items: list[dict[str, Any]], wcu: float, partitions: int) -> float:
+    """Seconds the busiest partition needs for its items' write units, at its share of the
+    capacity, after the one second's allowance a fresh simulated table starts with."""
+    from ddbpipe import codec
+    from tools.capacity_model import partition_of
+
+    load = [0.0] * partitions
+    for item in items:
+        wire = sample_data.to_wire(item)
+        load[partition_of(wire["pk"], partitions)] += codec.write_units(codec.item_size(wire))
+    per_partition = wcu / partitions
+    return max(load) / per_partition - 1.0
+
+
 def throttled_part(args: argparse.Namespace) -> None:
     from tools.capacity_simulator import start_capacity_simulator
 
@@ -627,10 +641,12 @@ def throttled_part(args: argparse.Namespace) -> None:
                 items = list(export_items(export_dir))
                 assert len(items) == args.items
                 sizes = [sample_data.item_size(i) for i in items]
+                bound = hot_partition_bound(items, args.wcu, args.partitions)
                 print(
                     f"items={args.items} hot share={args.hot_share:.0%} item size "
                     f"{min(sizes)}-{max(sizes)} B; capacity {args.wcu:g} WCU/s on "
-                    f"{args.partitions} partition(s); ddbpipe target {args.target_wcu:g}",
+                    f"{args.partitions} partition(s); ddbpipe target {args.target_wcu:g}; "
+                    f"the busiest partition needs {bound:.2f} s",
                     flush=True,
                 )
                 order = list(results)
@@ -660,6 +676,8 @@ def throttled_part(args: argparse.Namespace) -> None:
                             "calls": total_calls,
                             "throttled_calls": throttled,
                             "throttled_ratio": throttled / max(total_calls, 1),
+                            "of_bound": seconds / bound,
+                            "resends": stats.items_throttled / args.items,
                             "sim_throttled": stats.throttled_requests,
                             "sim_unprocessed_calls": stats.calls_with_unprocessed,
                             "accepted_wcu": stats.accepted_wcu,
@@ -676,7 +694,8 @@ def throttled_part(args: argparse.Namespace) -> None:
                             f"({row['throttled_ratio']:.1%}; simulator "
                             f"{stats.throttled_requests}+{stats.calls_with_unprocessed}) "
                             f"accepted {stats.accepted_wcu:,.0f} WCU use {row['use']:.1%} "
-                            f"steady {row['steady_use']:.1%}"
+                            f"steady {row['steady_use']:.1%}; {row['of_bound']:.2f}x the "
+                            f"busiest partition's time, {row['resends']:.2f} re-sends per item"
                             + (f" error: {outcome['error']}" if outcome["error"] else ""),
                             flush=True,
                         )
@@ -694,10 +713,10 @@ def throttled_part(args: argparse.Namespace) -> None:
         f"hot share={args.hot_share:.0%} runs={args.runs}"
     )
     print(
-        "| writer | completion s | items lost | throttled calls / calls | "
-        "WCU used / available | steady-state use |"
+        "| writer | completion s | x the busiest partition's time | re-sends per item | "
+        "items lost | throttled calls / calls | WCU used / available | steady-state use |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, rows in results.items():
 
         def med(key: str, rows: list[dict[str, Any]] = rows) -> float:
@@ -705,6 +724,8 @@ def throttled_part(args: argparse.Namespace) -> None:
 
         print(
             f"| {name} | {med('seconds'):.1f} ({_runs([r['seconds'] for r in rows], '.1f')}) | "
+            f"{med('of_bound'):.2f}x ({_runs([r['of_bound'] for r in rows], '.2f')}) | "
+            f"{med('resends'):.2f} ({_runs([r['resends'] for r in rows], '.2f')}) | "
             f"{_runs([r['lost'] for r in rows], '.0f')} | "
             f"{med('throttled_ratio'):.1%} ({_runs([r['throttled_ratio'] for r in rows], '.1%')};"
             f" calls {_runs([r['calls'] for r in rows], '.0f')}) | "
