@@ -161,3 +161,18 @@ def test_file_reports_keep_the_furthest_watermark_and_dead_letters_reach_the_dri
     assert status["files"] == {"a.json": state(40)}
     assert status["dead_letters"] == [{"source": "a.json", "position": 7}]
     assert account.status()["files"] == {} and account.status()["dead_letters"] == []
+
+
+def test_a_task_that_ends_gives_its_unspent_lease_back() -> None:
+    clock = ManualClock()
+    rate = 100.0
+    account = CapacityAccount(BudgetSpec(rate, burst=rate), clock=clock)
+    (link,) = links(account, 1, clock)
+
+    async def main() -> None:
+        async with link.reporting():
+            await LeasedBucket(link).acquire(1.0)  # leased 1 + a tenth of a second ahead
+        # 1 unit spent of the 100 the bucket held: the other 99 are the account's again.
+        assert account.bucket.balance == pytest.approx(rate - 1.0)  # type: ignore[union-attr]
+
+    asyncio.run(main())
