@@ -8,6 +8,7 @@ Exit codes: 0 done; 1 the job failed or found problems (the reason is printed on
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, cast
@@ -534,6 +535,9 @@ def main() -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     logging.getLogger("ddbpipe").setLevel(logging.INFO)  # the package and all its modules
+    # Dask's own loggers say INFO about every worker and client (--cluster); it reads this
+    # when first imported, here and in the worker processes it starts.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     use_lean_memory()  # memory flat in table size (benchmarks/RESULTS.md)
     app()
 
