@@ -232,23 +232,38 @@ class AccountLink:
 
     @contextlib.asynccontextmanager
     async def reporting(self, every: float = REPORT_INTERVAL) -> AsyncIterator[AccountLink]:
-        """Send progress every ``every`` seconds while the block runs, and once at its end."""
+        """Send progress every ``every`` seconds while the block runs, and once at its end.
+
+        A report that fails stops the block with its error: the account is gone (its job's
+        driver ended or died, or the scheduler did), and a task that went on would scan or
+        write unbudgeted, beside a ``--resume`` of the same job.
+        """
+        owner = asyncio.current_task()
+        failures: list[Exception] = []
 
         async def report() -> None:
             while True:
                 await self.clock.sleep(every)
-                await self.send()
+                try:
+                    await self.send()
+                except Exception as error:
+                    failures.append(error)
+                    if owner is not None:
+                        owner.cancel()
+                    return
 
         task = asyncio.ensure_future(report())
         try:
             yield self
-        except BaseException:
+        except BaseException as error:
             await self._stop(task)
+            if failures and isinstance(error, asyncio.CancelledError):
+                raise failures[0] from None
             self._give_back()
             try:  # what got done before the error still counts
                 await self.send()
-            except Exception as error:  # the block's own error is the one to raise
-                log.debug("the last report did not reach the account: %s", error)
+            except Exception as report_error:  # the block's own error is the one to raise
+                log.debug("the last report did not reach the account: %s", report_error)
             raise
         await self._stop(task)
         self._give_back()

@@ -176,3 +176,30 @@ def test_a_task_that_ends_gives_its_unspent_lease_back() -> None:
         assert account.bucket.balance == pytest.approx(rate - 1.0)  # type: ignore[union-attr]
 
     asyncio.run(main())
+
+
+def test_a_task_whose_account_is_gone_stops_at_its_next_report() -> None:
+    clock = ManualClock()
+    account = CapacityAccount(None, clock=clock)
+    calls = 0
+
+    async def channel(message: dict[str, object]) -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        if calls > 2:  # the driver died: the scheduler no longer knows the job
+            raise LookupError("no capacity account for job j: its driver has ended")
+        return await account.handle(message)
+
+    link = AccountLink(channel, worker="w", clock=clock)
+    scanned = 0
+
+    async def scan_without_a_budget() -> None:
+        nonlocal scanned
+        async with link.reporting(every=0.5):
+            while True:  # it would never stop by itself
+                await clock.sleep(0.1)
+                scanned += 1
+
+    with pytest.raises(LookupError, match="its driver has ended"):
+        asyncio.run(scan_without_a_budget())
+    assert scanned <= 16  # stopped at the third report, 1.5 s in
