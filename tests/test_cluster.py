@@ -250,3 +250,34 @@ def test_a_worker_killed_mid_import_leaves_the_table_exact_and_each_dead_letter_
     assert sorted(letter["Item"]["pk"]["S"] for letter in letters) == [
         f"too-big-{n}" for n in range(4)]
     assert summary.items_dead_lettered == 4
+
+
+def test_a_driver_killed_mid_export_resumes_exactly_and_leaves_no_task_writing(
+    tmp_path: Path, dynamodb_local: Any, make_table: Callable[..., str], dynamodb_client: Any,
+) -> None:
+    table = make_table(plain_items(3000))
+    dest = tmp_path / "export"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "ddbpipe.cli.main", "export", table, str(dest), "--cluster",
+         "local:2", "--segments", "16", "--page-size", "25", "--max-rcu", "60",
+         "--endpoint-url", dynamodb_local.endpoint],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    state = dest / "_ddbpipe-state"
+    deadline = time.monotonic() + 120
+    while len(list(state.glob("segment-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)  # the driver, and the scheduler it ran, die at once
+    driver.wait()
+    assert not (dest / "ddbpipe-manifest.json").exists(), "killed before it finished"
+    # The orphaned workers' tasks stop at their next report: nothing changes after that.
+    time.sleep(3)
+    before = {path: path.stat().st_mtime_ns for path in dest.rglob("*") if path.is_file()}
+    time.sleep(2)
+    after = {path: path.stat().st_mtime_ns for path in dest.rglob("*") if path.is_file()}
+    assert after == before, "a task of the killed job went on writing"
+    summary = ddbpipe.export_table(table, str(dest), resume=True,
+                                   endpoint_url=dynamodb_local.endpoint)
+    assert summary.items == 3000 and summary.resumed
+    assert sorted_items(read_local_export(dest)) == sorted_items(
+        scan_table(dynamodb_client, table))
