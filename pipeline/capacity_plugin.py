@@ -3,7 +3,9 @@
 Every worker can reach the scheduler (a driver on a laptop often cannot be reached from a
 cluster), so the scheduler keeps one ``CapacityAccount`` per running job and answers one
 handler, ``ddbpipe_capacity``: ``open`` and ``close`` from the driver, ``status`` for its
-progress display, ``send`` from the tasks (``shared_capacity.AccountLink``).
+progress display, ``send`` from the tasks (``shared_capacity.AccountLink``). A driver whose
+client leaves the scheduler (it ended, or it was killed) takes its jobs' accounts with it,
+so their tasks stop at their next report.
 """
 
 from __future__ import annotations
@@ -26,22 +28,34 @@ class CapacityPlugin(SchedulerPlugin):
     #: A second job on the same cluster keeps the first's plugin (and its accounts).
     idempotent = True
 
+    def __init__(self) -> None:
+        self.accounts = _Accounts()
+
     async def start(self, scheduler: Any) -> None:
         if HANDLER not in scheduler.handlers:  # the accounts of running jobs stay
-            scheduler.handlers[HANDLER] = _Accounts().handle
+            scheduler.handlers[HANDLER] = self.accounts.handle
+
+    def remove_client(self, scheduler: Any, client: str, **kwargs: Any) -> None:
+        """A driver gone (ended or killed): its jobs' tasks stop at their next report."""
+        self.accounts.drop_jobs_of(client)
 
 
 class _Accounts:
     def __init__(self) -> None:
         self.jobs: dict[str, CapacityAccount] = {}
+        self.drivers: dict[str, str] = {}  # job -> the id of the client that opened it
 
     async def handle(self, action: str, job: str, message: Message | None = None,
-                     budget: dict[str, Any] | None = None) -> Message | None:
+                     budget: dict[str, Any] | None = None,
+                     driver: str | None = None) -> Message | None:
         if action == "open":
             self.jobs[job] = CapacityAccount(BudgetSpec(**budget) if budget else None)
+            if driver is not None:
+                self.drivers[job] = driver
             return None
         if action == "close":
             self.jobs.pop(job, None)
+            self.drivers.pop(job, None)
             return None
         account = self.jobs.get(job)
         if account is None:
@@ -52,6 +66,12 @@ class _Accounts:
         if action == "send":
             return await account.handle(message or {})
         raise ValueError(f"unknown capacity action {action!r}")
+
+
+    def drop_jobs_of(self, driver: str) -> None:
+        for job in [job for job, owner in self.drivers.items() if owner == driver]:
+            self.jobs.pop(job, None)
+            del self.drivers[job]
 
 
 def worker_channel(job: str) -> Any:

@@ -120,7 +120,7 @@ class Cluster:
         raised."""
         job = uuid.uuid4().hex
         scheduler = self.client.scheduler
-        await scheduler.ddbpipe_capacity(action="open", job=job,
+        await scheduler.ddbpipe_capacity(action="open", job=job, driver=self.client.id,
                                          budget=asdict(budget) if budget else None)
         base = {name: getattr(progress, name) for name in PROGRESS_COUNTERS}
         futures = [

@@ -281,3 +281,26 @@ def test_a_driver_killed_mid_export_resumes_exactly_and_leaves_no_task_writing(
     assert summary.items == 3000 and summary.resumed
     assert sorted_items(read_local_export(dest)) == sorted_items(
         scan_table(dynamodb_client, table))
+
+
+def test_a_jobs_account_goes_with_its_driver(dask_cluster: Any) -> None:
+    from ddbpipe.capacity_plugin import CapacityPlugin
+
+    address = dask_cluster.scheduler.address
+    dask_cluster.register_plugin(CapacityPlugin())
+    with distributed.Client(address) as driver:
+        driver.sync(driver.scheduler.ddbpipe_capacity, action="open", job="j1",
+                    driver=driver.id)
+        status = dask_cluster.sync(dask_cluster.scheduler.ddbpipe_capacity, action="status",
+                                   job="j1")
+        assert status["totals"]["items"] == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the scheduler hears of the client leaving
+        try:
+            dask_cluster.sync(dask_cluster.scheduler.ddbpipe_capacity, action="status",
+                              job="j1")
+        except LookupError as error:
+            assert "its driver has ended" in str(error)
+            return
+        time.sleep(0.1)
+    raise AssertionError("the account outlived its driver")
