@@ -304,3 +304,20 @@ def test_a_jobs_account_goes_with_its_driver(dask_cluster: Any) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the account outlived its driver")
+
+
+def test_an_import_from_s3_on_the_cluster_writes_exactly_the_source(
+    tmp_path: Path, dynamodb_local: Any, s3_server: Any, s3_bucket: str,
+    make_table: Callable[..., str], dynamodb_client: Any, dask_cluster: Any,
+) -> None:
+    source_table = make_table(plain_items(2000))
+    source = f"s3://{s3_bucket}/for-the-cluster"
+    ddbpipe.export_table(source_table, source, segments=4, endpoint_url=dynamodb_local.endpoint,
+                         s3_endpoint_url=s3_server.endpoint)
+    target = make_table()
+    summary = ddbpipe.import_table(
+        source, target, endpoint_url=dynamodb_local.endpoint, s3_endpoint_url=s3_server.endpoint,
+        checkpoint=str(tmp_path / "import.checkpoint.json"), cluster=dask_cluster,
+    )
+    assert (summary.items_written, summary.files) == (2000, 4)
+    assert table_items(dynamodb_client, target) == table_items(dynamodb_client, source_table)
