@@ -57,6 +57,18 @@ SLOW_START_FRACTION = 1 / 8
 MIN_BURST_WCU = 25.0
 
 
+def write_rate(target_wcu: float, clock: Clock) -> tuple[TokenBucket, AdaptiveRate]:
+    """The bucket an import in one process writes from, and the controller that moves it."""
+    bucket = TokenBucket(target_wcu, burst=write_burst(target_wcu), clock=clock)
+    return bucket, AdaptiveRate(target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION,
+                                clock=clock)
+
+
+def key_limiter(clock: Clock) -> KeyRateLimiter:
+    """The per-key limits of an import's writer (DynamoDB's per-partition-key cap)."""
+    return KeyRateLimiter(PARTITION_KEY_WCU, clock=clock)
+
+
 def write_burst(target_wcu: float) -> float:
     """What the write budget may save up: a tenth of a second of credit (a full second at a
     target far above the table's capacity arrives as one burst of throttled calls before the
@@ -310,11 +322,7 @@ class ImportRun:
 
     async def write_all(self, target_wcu: float) -> None:
         todo = self.files_to_do(target_wcu)
-        bucket = TokenBucket(target_wcu, burst=write_burst(target_wcu), clock=self.clock)
-        controller = AdaptiveRate(
-            target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION, clock=self.clock
-        )
-        await self.write_files(todo, bucket, controller)
+        await self.write_files(todo, *write_rate(target_wcu, self.clock))
 
     async def write_files(
         self, todo: list[SourceFile], bucket: Bucket, controller: RateController
@@ -329,7 +337,7 @@ class ImportRun:
             writer = TableWriter(
                 client, self.options.table, [name for name, _ in self.table_keys],
                 bucket=bucket, controller=controller,
-                key_limiter=KeyRateLimiter(PARTITION_KEY_WCU, clock=clock),
+                key_limiter=key_limiter(clock),
                 concurrency=self.options.concurrency,
                 retry_deadline=self.options.retry_deadline,
                 on_written=self._written, on_dead_letter=self._dead_lettered,

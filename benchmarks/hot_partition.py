@@ -1,0 +1,134 @@
+"""The hot-partition scenario, in process: ddbpipe's import writer against the capacity model.
+
+The import's writer, built as an import builds it (``import_job.write_rate`` and
+``key_limiter``), writes into a table that ``tools/capacity_model.py`` answers in process,
+each BatchWriteItem after ``--latency`` seconds: 4 partitions of 100 WCU/s (a 400 WCU/s table
+that starts with one second's allowance), 3,000 items of ~1 KB, 30% of them under one
+partition key, ``--target-wcu 2000`` (the scenario of ``import_bench.py throttled
+--partitions 4``, without DynamoDB Local behind it, so a run costs little CPU and several run
+at once, each in a process of its own, on the real clock).
+
+Per run: the completion time against the busiest partition's time (its items' write units
+at its capacity, after the first second's allowance: no writer can finish sooner), and the
+re-sends per item (records the table throttled, over the items). Goal (issue: one
+controller, partition-aware): within 1.10x, at most 0.15 re-sends per item.
+
+    python benchmarks/hot_partition.py --runs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import botocore.credentials  # noqa: E402
+
+from benchmarks.import_bench import hot_partition_bound, throttled_items  # noqa: E402
+from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport  # noqa: E402
+from ddbpipe.import_job import key_limiter, write_rate  # noqa: E402
+from ddbpipe.records import WriteRecord, new_record  # noqa: E402
+from ddbpipe.retry import RetryPolicy, SystemClock  # noqa: E402
+from ddbpipe.writer import TableWriter  # noqa: E402
+from tools import sample_data  # noqa: E402
+from tools.capacity_model import (  # noqa: E402
+    KeySchema,
+    SimulatedTable,
+    TableCapacity,
+    batch_request_items,
+    plan_batch_write,
+    throttle_error,
+)
+
+SCHEMA = KeySchema("pk", "sk")
+
+
+def answered_by(capacity: TableCapacity, latency: float) -> MockTransport:
+    async def answer(url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
+        await asyncio.sleep(latency)
+        request_items = batch_request_items(json.loads(body))
+        assert request_items is not None
+        tables = list(request_items)
+        plan = plan_batch_write(request_items, dict.fromkeys(tables, SCHEMA),
+                                dict.fromkeys(tables, capacity))
+        assert plan is not None
+        admission = plan.admit()
+        admission.record(call_refused=admission.nothing_accepted)
+        document = (throttle_error() if admission.nothing_accepted
+                    else admission.reply({}, with_capacity=True))
+        return HttpReply(400 if admission.nothing_accepted else 200,
+                         {"Content-Type": "application/x-amz-json-1.0"},
+                         json.dumps(document).encode())
+
+    return MockTransport(answer)
+
+
+def one_run(args: dict[str, Any]) -> dict[str, float]:
+    items = throttled_items(args["items"], args["hot_share"])
+    records = [new_record("put", sample_data.to_wire(item), source="s", key_names=("pk", "sk"))
+               for item in items]
+    capacity = TableCapacity(SimulatedTable(wcu=args["wcu"], partitions=args["partitions"]))
+
+    async def write() -> float:
+        clock = SystemClock()
+        bucket, controller = write_rate(args["target_wcu"], clock)
+        client = DynamoClient(
+            region="us-east-1", endpoint="https://dynamodb.us-east-1.amazonaws.com",
+            credentials=botocore.credentials.Credentials("k", "s"),
+            retry=RetryPolicy(max_attempts=1),
+            transport=answered_by(capacity, args["latency"]), clock=clock,
+        )
+        writer = TableWriter(client, "t", ("pk", "sk"), bucket=bucket, controller=controller,
+                             key_limiter=key_limiter(clock), concurrency=16, clock=clock)
+        started = time.monotonic()
+        await writer.write(_stream(records))
+        assert writer.written == len(records)
+        return time.monotonic() - started
+
+    seconds = asyncio.run(write())
+    bound = hot_partition_bound(items, args["wcu"], args["partitions"])
+    stats = capacity.stats()
+    return {"seconds": seconds, "of_bound": seconds / bound,
+            "resends": stats.items_throttled / len(records)}
+
+
+async def _stream(records: list[WriteRecord]) -> AsyncIterator[WriteRecord]:
+    for record in records:
+        yield record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--hot-share", type=float, default=0.3)
+    parser.add_argument("--wcu", type=float, default=400.0)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--target-wcu", type=float, default=2000.0)
+    parser.add_argument("--latency", type=float, default=0.01,
+                        help="seconds before each BatchWriteItem is answered")
+    args = vars(parser.parse_args())
+    with ProcessPoolExecutor(max_workers=args["runs"]) as pool:
+        runs = list(pool.map(one_run, [args] * args["runs"]))
+    for number, run in enumerate(runs):
+        print(f"run {number}: {run['seconds']:.1f} s, {run['of_bound']:.2f}x the busiest "
+              f"partition's time, {run['resends']:.2f} re-sends per item")
+    of_bound = [run["of_bound"] for run in runs]
+    resends = [run["resends"] for run in runs]
+    print(f"median {statistics.median(of_bound):.2f}x (worst {max(of_bound):.2f}x), "
+          f"re-sends per item median {statistics.median(resends):.2f} "
+          f"(worst {max(resends):.2f})")
+
+
+if __name__ == "__main__":
+    main()
