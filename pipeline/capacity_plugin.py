@@ -46,8 +46,8 @@ class _Accounts:
         self.drivers: dict[str, str] = {}  # job -> the id of the client that opened it
 
     async def handle(self, action: str, job: str, message: Message | None = None,
-                     budget: dict[str, Any] | None = None,
-                     driver: str | None = None) -> Message | None:
+                     budget: dict[str, Any] | None = None, driver: str | None = None,
+                     dead_letters_from: int = 0) -> Message | None:
         if action == "open":
             self.jobs[job] = CapacityAccount(BudgetSpec(**budget) if budget else None)
             if driver is not None:
@@ -62,7 +62,7 @@ class _Accounts:
             # A task of a job whose driver has gone: it should stop, not draw unbudgeted.
             raise LookupError(f"no capacity account for job {job}: its driver has ended")
         if action == "status":
-            return account.status()
+            return account.status(dead_letters_from)
         if action == "send":
             return await account.handle(message or {})
         raise ValueError(f"unknown capacity action {action!r}")

@@ -97,6 +97,8 @@ class Cluster:
     def __init__(self, client: Any, spec: str) -> None:
         self.client = client
         self.spec = spec
+        # Per job: the dead letters read so far (the next status read acknowledges them).
+        self._dead_letters_seen: dict[str, int] = {}
 
     async def threads(self) -> int:
         """Tasks the cluster runs at once (its workers' threads)."""
@@ -150,9 +152,12 @@ class Cluster:
 
     async def _show(self, job: str, progress: JobProgress, base: dict[str, float],
                     on_status: Callable[[Message], None] | None) -> None:
-        status = await self.client.scheduler.ddbpipe_capacity(action="status", job=job)
+        status = await self.client.scheduler.ddbpipe_capacity(
+            action="status", job=job, dead_letters_from=self._dead_letters_seen.get(job, 0))
         if on_status is not None:
             on_status(status)
+        # Acknowledged with the next read: a reply lost on its way is sent again.
+        self._dead_letters_seen[job] = status["dead_letters_next"]
         for name, total in status["totals"].items():
             setattr(progress, name, type(base[name])(base[name] + total))
         if status["rate"]:

@@ -96,8 +96,9 @@ class CapacityAccount:
         #: An import's files: the furthest state any task reported (watermark, dead-lettered,
         #: done), those changed since the driver last read them, and dead letters to write.
         self.files: dict[str, Message] = {}
-        self._files_changed: set[str] = set()
+        # Dead letters not yet acknowledged by the driver, and the number of the first.
         self._dead_letters: list[Message] = []
+        self._dead_letters_first = 0
         self._seen: dict[str, float] = {}
 
     async def handle(self, message: Message) -> Message:
@@ -111,7 +112,6 @@ class CapacityAccount:
             # Messages may overtake each other: a watermark never goes back.
             if key not in self.files or state["watermark"] >= self.files[key]["watermark"]:
                 self.files[key] = state
-                self._files_changed.add(key)
         self._dead_letters += message.get("dead_letters") or ()
         if message.get("page_cost"):
             self.page_cost = max(self.page_cost or 0.0, message["page_cost"])
@@ -136,16 +136,19 @@ class CapacityAccount:
     def rate(self) -> float:
         return self.bucket.rate if self.bucket is not None else 0.0
 
-    def status(self) -> Message:
-        """The totals reported so far, the rate now and the workers drawing; for the one
-        reader, the driver: the files changed and the dead letters since its last read."""
+    def status(self, dead_letters_from: int = 0) -> Message:
+        """The totals reported so far, the rate now and the workers drawing; for the driver,
+        every file's state and the dead letters from number ``dead_letters_from`` on (those
+        before it it has written down: they are dropped). A reply lost on its way is thus
+        answered again by the next call, with nothing lost and nothing twice."""
         now = self.clock.monotonic()
         active = sum(1 for seen in self._seen.values() if now - seen < ACTIVE_WORKER_SECONDS)
-        files = {key: self.files[key] for key in sorted(self._files_changed)}
-        self._files_changed.clear()
-        dead_letters, self._dead_letters = self._dead_letters, []
+        written = max(0, dead_letters_from - self._dead_letters_first)
+        del self._dead_letters[:written]
+        self._dead_letters_first += written
         return {"totals": dict(self.totals), "rate": self.rate, "workers": active,
-                "files": files, "dead_letters": dead_letters}
+                "files": dict(self.files), "dead_letters": list(self._dead_letters),
+                "dead_letters_next": self._dead_letters_first + len(self._dead_letters)}
 
     def _lease_ahead(self, now: float) -> float:
         active = sum(1 for seen in self._seen.values() if now - seen < ACTIVE_WORKER_SECONDS)

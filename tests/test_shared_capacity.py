@@ -160,7 +160,11 @@ def test_file_reports_keep_the_furthest_watermark_and_dead_letters_reach_the_dri
     status = account.status()
     assert status["files"] == {"a.json": state(40)}
     assert status["dead_letters"] == [{"source": "a.json", "position": 7}]
-    assert account.status()["files"] == {} and account.status()["dead_letters"] == []
+    # The driver's reply was lost: asked again from the same place, it is sent again.
+    assert account.status(dead_letters_from=0)["dead_letters"] == status["dead_letters"]
+    # Once acknowledged, it is gone; every file's state is in every reply.
+    acknowledged = account.status(dead_letters_from=status["dead_letters_next"])
+    assert acknowledged["dead_letters"] == [] and acknowledged["files"] == status["files"]
 
 
 def test_a_task_that_ends_gives_its_unspent_lease_back() -> None:
