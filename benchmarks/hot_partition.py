@@ -8,7 +8,8 @@ partition key, ``--target-wcu 2000`` (the scenario of ``import_bench.py throttle
 --partitions 4``, without DynamoDB Local behind it, so a run costs little CPU and several run
 at once, each in a process of its own, on the real clock).
 
-Per run: the completion time against the busiest partition's time (its items' write units
+Per run: WCU written each second on the busiest partition and on the others; the completion
+time against the busiest partition's time (its items' write units
 at its capacity, after the first second's allowance: no writer can finish sooner), and the
 re-sends per item (records the table throttled, over the items). Goal (issue: one
 controller, partition-aware): within 1.10x, at most 0.15 re-sends per item.
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import statistics
 import sys
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,10 +38,12 @@ sys.path.insert(0, str(ROOT))
 import botocore.credentials  # noqa: E402
 
 from benchmarks.import_bench import hot_partition_bound, throttled_items  # noqa: E402
+from ddbpipe.batching import interleave  # noqa: E402
 from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport  # noqa: E402
 from ddbpipe.import_job import key_limiter, write_rate  # noqa: E402
 from ddbpipe.records import WriteRecord, new_record  # noqa: E402
 from ddbpipe.retry import RetryPolicy, SystemClock  # noqa: E402
+from ddbpipe.sources.reading import RECORDS_PER_BATCH  # noqa: E402
 from ddbpipe.writer import TableWriter  # noqa: E402
 from tools import sample_data  # noqa: E402
 from tools.capacity_model import (  # noqa: E402
@@ -51,6 +56,8 @@ from tools.capacity_model import (  # noqa: E402
 )
 
 SCHEMA = KeySchema("pk", "sk")
+#: The export's Scan segments (files), as import_bench exports the scenario's table.
+SEGMENTS = 4
 
 
 def answered_by(capacity: TableCapacity, latency: float) -> MockTransport:
@@ -73,11 +80,12 @@ def answered_by(capacity: TableCapacity, latency: float) -> MockTransport:
     return MockTransport(answer)
 
 
-def one_run(args: dict[str, Any]) -> dict[str, float]:
+def one_run(args: dict[str, Any]) -> dict[str, Any]:
     items = throttled_items(args["items"], args["hot_share"])
     records = [new_record("put", sample_data.to_wire(item), source="s", key_names=("pk", "sk"))
                for item in items]
     capacity = TableCapacity(SimulatedTable(wcu=args["wcu"], partitions=args["partitions"]))
+    per_second: defaultdict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
 
     async def write() -> float:
         clock = SystemClock()
@@ -88,9 +96,19 @@ def one_run(args: dict[str, Any]) -> dict[str, float]:
             retry=RetryPolicy(max_attempts=1),
             transport=answered_by(capacity, args["latency"]), clock=clock,
         )
-        writer = TableWriter(client, "t", ("pk", "sk"), bucket=bucket, controller=controller,
-                             key_limiter=key_limiter(clock), concurrency=16, clock=clock)
         started = time.monotonic()
+        busiest = max(range(args["partitions"]), key=lambda p: sum(
+            1 for r in records if capacity.partition_of(r.item["pk"]) == p))
+
+        def written(batch: list[WriteRecord], consumed: float) -> None:
+            second = int(time.monotonic() - started)
+            for record in batch:
+                on_busiest = capacity.partition_of(record.item["pk"]) == busiest
+                per_second[second][0 if on_busiest else 1] += record.units
+
+        writer = TableWriter(client, "t", ("pk", "sk"), bucket=bucket, controller=controller,
+                             key_limiter=key_limiter(clock), concurrency=16, clock=clock,
+                             on_written=written)
         await writer.write(_stream(records))
         assert writer.written == len(records)
         return time.monotonic() - started
@@ -98,13 +116,26 @@ def one_run(args: dict[str, Any]) -> dict[str, float]:
     seconds = asyncio.run(write())
     bound = hot_partition_bound(items, args["wcu"], args["partitions"])
     stats = capacity.stats()
+    timeline = " ".join(f"{busy:.0f}/{other:.0f}" for _, (busy, other)
+                        in sorted(per_second.items()))
     return {"seconds": seconds, "of_bound": seconds / bound,
-            "resends": stats.items_throttled / len(records)}
+            "resends": stats.items_throttled / len(records), "timeline": timeline}
 
 
-async def _stream(records: list[WriteRecord]) -> AsyncIterator[WriteRecord]:
-    for record in records:
-        yield record
+def _stream(records: list[WriteRecord]) -> AsyncIterator[WriteRecord]:
+    """The records as an import reads an export of them: a parallel Scan returns each
+    segment's items in partition-hash order, one file per segment, and the import takes
+    turns between the files (``batching.interleave``)."""
+    in_scan_order = sorted(records, key=lambda r: hashlib.md5(
+        json.dumps(r.item["pk"]).encode()).digest())
+    share = -(-len(in_scan_order) // SEGMENTS)
+    files = [in_scan_order[n * share:(n + 1) * share] for n in range(SEGMENTS)]
+    return interleave(_batches(file) for file in files)
+
+
+async def _batches(file: list[WriteRecord]) -> AsyncIterator[list[WriteRecord]]:
+    for start in range(0, len(file), RECORDS_PER_BATCH):
+        yield file[start:start + RECORDS_PER_BATCH]
 
 
 def main() -> None:
@@ -123,6 +154,7 @@ def main() -> None:
     for number, run in enumerate(runs):
         print(f"run {number}: {run['seconds']:.1f} s, {run['of_bound']:.2f}x the busiest "
               f"partition's time, {run['resends']:.2f} re-sends per item")
+        print(f"  WCU written per second, busiest partition / the others: {run['timeline']}")
     of_bound = [run["of_bound"] for run in runs]
     resends = [run["resends"] for run in runs]
     print(f"median {statistics.median(of_bound):.2f}x (worst {max(of_bound):.2f}x), "

@@ -177,18 +177,26 @@ class BatchBuilder:
             return []
         chosen: list[Key] = []
         size = 0
-        for keys in self._ready.values():
-            for key in keys:
-                record = self._waiting[key][0]
-                # A record too big on its own still goes, alone: DynamoDB's refusal names it.
-                if chosen and size + record.size > self.max_bytes:
-                    return self._take_heads(chosen)
-                if admit is not None and not admit(record):
-                    break
-                chosen.append(key)
-                size += record.size
-                if len(chosen) == self.max_requests:
-                    return self._take_heads(chosen)
+        # One key of each partition key in turn: a partition key with many ready records (a
+        # hot tenant) fills no more of a batch than any other, so the writes of a batch spread
+        # over the table's partitions instead of queueing on one.
+        turns = deque((group, iter(keys)) for group, keys in self._ready.items())
+        while turns:
+            group, keys = turns.popleft()
+            key = next(keys, None)
+            if key is None:
+                continue
+            record = self._waiting[key][0]
+            # A record too big on its own still goes, alone: DynamoDB's refusal names it.
+            if chosen and size + record.size > self.max_bytes:
+                break
+            if admit is not None and not admit(record):
+                continue  # its partition key is held back: none of its others this time
+            chosen.append(key)
+            size += record.size
+            if len(chosen) == self.max_requests:
+                break
+            turns.append((group, keys))
         return self._take_heads(chosen)
 
     def finish(self, record: WriteRecord) -> None:
@@ -216,7 +224,12 @@ class BatchBuilder:
             self._ready.move_to_end(key[0], last=False)
 
     def _take_heads(self, keys: list[Key]) -> list[WriteRecord]:
-        return [self._take_head(key) for key in keys]
+        taken = [self._take_head(key) for key in keys]
+        # The partition keys that went this time wait behind the others for the next batch.
+        for key in keys:
+            if key[0] in self._ready:
+                self._ready.move_to_end(key[0])
+        return taken
 
     def _take_head(self, key: Key) -> WriteRecord:
         partition = self._ready[key[0]]

@@ -272,3 +272,20 @@ def test_key_rate_limiter_lets_an_item_bigger_than_the_burst_through_a_full_buck
     assert limiter.try_take("k", 400)  # a 400 KB item on a full bucket
     assert not limiter.try_take("k", 1)
     assert limiter.seconds_until("k", 1) == pytest.approx(3.01)
+
+
+def test_a_batch_takes_one_key_of_each_partition_key_in_turn() -> None:
+    builder = BatchBuilder()
+    for sk in range(30):  # a hot tenant: many items under one partition key, read first
+        builder.add(record("hot", sk))
+    for n in range(10):
+        builder.add(record(f"cold-{n}", 0))
+    first = builder.take()
+    # Every cold partition key is in the first batch; the hot one fills the rest, not all.
+    assert sum(1 for r in first if r.item["pk"]["S"] != "hot") == 10
+    assert sum(1 for r in first if r.item["pk"]["S"] == "hot") == 15
+    for taken in first:
+        builder.finish(taken)
+    builder.add(record("late", 0))
+    second = [r.item["pk"]["S"] for r in builder.take()]
+    assert second.count("late") == 1 and second.count("hot") == 15
