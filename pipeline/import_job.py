@@ -66,7 +66,7 @@ def write_rate(target_wcu: float, clock: Clock) -> tuple[TokenBucket, AdaptiveRa
 
 def key_limiter(clock: Clock) -> KeyRateLimiter:
     """The per-key limits of an import's writer (DynamoDB's per-partition-key cap)."""
-    return KeyRateLimiter(PARTITION_KEY_WCU, clock=clock, learn_hot_keys=True)
+    return KeyRateLimiter(PARTITION_KEY_WCU, clock=clock)
 
 
 def write_burst(target_wcu: float) -> float:

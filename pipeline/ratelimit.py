@@ -25,7 +25,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
-from .key_rates import KeyRates
 from .retry import Clock, SystemClock
 
 __all__ = ["AdaptiveRate", "Bucket", "KeyRateLimiter", "RateController", "TokenBucket"]
@@ -33,9 +32,6 @@ __all__ = ["AdaptiveRate", "Bucket", "KeyRateLimiter", "RateController", "TokenB
 #: A waiter re-checks the balance at least this often, so set_rate() takes effect promptly.
 MAX_SLEEP_SLICE = 1.0
 
-
-#: What a hot key (``key_rates.py``) may save up: a tenth of a second of its own rate.
-HOT_KEY_BURST_SECONDS = 0.1
 
 #: Float rounding can leave a waiter a hair short of its goal; that much counts as reached.
 ROUNDING_SLACK = 1e-9
@@ -172,9 +168,6 @@ def _check_rate(rate: float) -> None:
         raise ValueError(f"rate must be a positive number, not {rate}")
 
 
-#: One cut keeps at least this fraction of the rate, whatever the delivered rate says.
-DEEPEST_CUT = 0.5
-
 #: With slow start, the rate doubles this often (seconds) until the target or a throttle.
 SLOW_START_DOUBLING = 0.25
 
@@ -204,10 +197,7 @@ class AdaptiveRate:
     within the cooldown, and ``w_max`` becomes that delivered rate: when a target is far above
     the table's capacity, cutting by 0.7 per cooldown would take five cuts (five seconds of
     mostly throttled calls) to get from 2,000 to 400 WCU/s; the delivered rate gets there in
-    the third cut, a fifth of a window apart. A cut at most halves the rate (``DEEPEST_CUT``):
-    a delivered rate measured over a few replies, or while the writer held a hot key's records
-    back, can be far too low (in the hot-partition benchmark, one such cut to a tenth of the
-    rate left the table idle for six seconds).
+    the second cut, a fifth of a window after the first.
 
     The cooldown only shields a cut from the replies of calls sent before it. A throttle of a
     call sent after the last cut means that cut was not enough, and cuts again at once: after
@@ -306,10 +296,7 @@ class AdaptiveRate:
         self._slow_start_from = None
         cut = self._rate * self.beta
         if delivered is not None and delivered < cut:
-            # At most halved at once: a delivered rate measured over a few replies, or while
-            # the writer held most records back (a hot key's own rate), can be far too low.
-            cut = max(delivered, self._rate * DEEPEST_CUT)
-            self._w_max = cut
+            self._w_max, cut = delivered, delivered
         else:
             self._w_max = self._rate
         self._last_cut = now
@@ -417,7 +404,6 @@ class KeyRateLimiter:
         burst: float | None = None,
         max_keys: int = 100_000,
         clock: Clock | None = None,
-        learn_hot_keys: bool = False,
     ) -> None:
         _check_rate(rate)
         if max_keys < 1:
@@ -426,8 +412,6 @@ class KeyRateLimiter:
         self.burst = float(burst) if burst is not None else self.rate
         self.max_keys = max_keys
         self._clock: Clock = clock or SystemClock()
-        #: With ``learn_hot_keys``: the rates of keys that throttle (``key_rates.py``).
-        self.hot_keys = KeyRates(clock=self._clock, cap=self.rate) if learn_hot_keys else None
         # key -> (balance, time of that balance), least recently used first.
         self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
@@ -439,7 +423,7 @@ class KeyRateLimiter:
         now = self._clock.monotonic()
         balance = self._balance(key, now)
         # An item bigger than the burst passes on a full bucket, leaving debt to wait out.
-        if balance + ROUNDING_SLACK < min(units, self._rate_and_burst(key, now)[1]):
+        if balance + ROUNDING_SLACK < min(units, self.burst):
             self._remember(key, balance, now)
             return False
         self._remember(key, balance - units, now)
@@ -447,35 +431,15 @@ class KeyRateLimiter:
 
     def seconds_until(self, key: Hashable, units: float) -> float:
         """How long until ``try_take(key, units)`` would succeed (0 if it would now)."""
-        now = self._clock.monotonic()
-        rate, burst = self._rate_and_burst(key, now)
-        return max(0.0, (min(units, burst) - self._balance(key, now)) / rate)
-
-    def reply(self, accepted: list[tuple[Hashable, float]], throttled: list[Hashable]) -> bool:
-        """A reply's accepted (key, units) and throttled keys; whether the table throttled
-        (``KeyRates.reply``), or, without learning hot keys, whether anything was throttled."""
-        if self.hot_keys is None:
-            return bool(throttled)
-        return self.hot_keys.reply(accepted, throttled)
-
-    def is_hot(self, key: Hashable) -> bool:
-        """Whether ``key`` has a rate of its own (it throttled again and again)."""
-        return self.hot_keys is not None and key in self.hot_keys.hot
-
-    def _rate_and_burst(self, key: Hashable, now: float) -> tuple[float, float]:
-        if self.hot_keys is not None:
-            rate = self.hot_keys.rate(key, now)
-            if rate is not None:
-                return rate, min(self.burst, max(rate * HOT_KEY_BURST_SECONDS, 1.0))
-        return self.rate, self.burst
+        balance = self._balance(key, self._clock.monotonic())
+        return max(0.0, (min(units, self.burst) - balance) / self.rate)
 
     def _balance(self, key: Hashable, now: float) -> float:
-        rate, burst = self._rate_and_burst(key, now)
         saved = self._buckets.get(key)
         if saved is None:
-            return burst
+            return self.burst
         balance, updated_at = saved
-        return min(burst, balance + max(0.0, now - updated_at) * rate)
+        return min(self.burst, balance + max(0.0, now - updated_at) * self.rate)
 
     def _remember(self, key: Hashable, balance: float, now: float) -> None:
         self._buckets[key] = (balance, now)
@@ -485,7 +449,6 @@ class KeyRateLimiter:
         # Least recently used first: forget keys from the front while their buckets are full.
         while self._buckets:
             oldest, (saved, updated_at) = next(iter(self._buckets.items()))
-            rate, burst = self._rate_and_burst(oldest, now)
-            if saved + (now - updated_at) * rate < burst:
+            if saved + (now - updated_at) * self.rate < self.burst:
                 break
             del self._buckets[oldest]

@@ -10,9 +10,7 @@ could not be written before its retry deadline), each reported through a callbac
   sent and corrected with the ConsumedCapacity of the reply. Throttles (the exception, or
   UnprocessedItems) tell the ``AdaptiveRate`` controller, which lowers the bucket's rate.
 - Hot keys: an optional ``KeyRateLimiter`` holds back records of a partition-key value over
-  its budget (1,000 WCU/s per key in DynamoDB, or what it learnt the key's partition takes:
-  ``key_rates.py``) while other keys go ahead; a throttle of hot keys only is theirs, not the
-  table's, and leaves the import's rate alone.
+  its budget (1,000 WCU/s per key in DynamoDB) while other keys go ahead.
 - Retries: throttled and unprocessed records go back into the builder after a full-jitter
   backoff of their own (``retry.RetryPolicy``; a record is given up at its deadline, not
   after a number of attempts); a key's later records wait for them, so the order per key
@@ -229,7 +227,7 @@ class TableWriter:
             reply = await self.client.batch_write_raw(self.table, [r.request() for r in batch])
         except ThrottledError as error:
             self.throttled_requests += 1
-            self._note_throttle(sent_at, self._tables_throttle([], batch))
+            self._note_throttle(sent_at)
             self._retry_all(batch, str(error), throttled=True)
         except TransientError as error:
             # 5xx or a dropped connection: nothing to say about capacity, just try again.
@@ -271,10 +269,9 @@ class TableWriter:
             # rate the controller cuts to.
             self.controller.on_success(consumed)
             self._report_rate()
-        tables_throttle = self._tables_throttle(processed, unprocessed)
         if unprocessed:
             self.unprocessed_items += len(unprocessed)
-            self._note_throttle(sent_at, tables_throttle)
+            self._note_throttle(sent_at)
             self._retry_all(
                 unprocessed, "returned as UnprocessedItems (throttled)", throttled=True
             )
@@ -316,16 +313,8 @@ class TableWriter:
         if self._on_dead_letter is not None:
             self._on_dead_letter(record, reason)
 
-    def _tables_throttle(self, accepted: list[WriteRecord], throttled: list[WriteRecord]) -> bool:
-        """Whether the table throttled ``throttled``, not only hot keys' partitions, whose
-        own rates answer theirs (``KeyRateLimiter.reply``, ``key_rates.py``)."""
-        if self.key_limiter is None:
-            return bool(throttled)
-        return self.key_limiter.reply([(r.key[0], r.units) for r in accepted],
-                                      [r.key[0] for r in throttled])
-
-    def _note_throttle(self, sent_at: float, tables_throttle: bool) -> None:
-        if tables_throttle and self.controller is not None:
+    def _note_throttle(self, sent_at: float) -> None:
+        if self.controller is not None:
             self.controller.on_throttle(sent_at)
             self._report_rate()
         if self.progress is not None:
