@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,45 +39,19 @@ import botocore.credentials  # noqa: E402
 
 from benchmarks.import_bench import hot_partition_bound, throttled_items  # noqa: E402
 from ddbpipe.batching import interleave  # noqa: E402
-from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport  # noqa: E402
+from ddbpipe.dynamo import DynamoClient  # noqa: E402
 from ddbpipe.import_job import key_limiter, write_rate  # noqa: E402
 from ddbpipe.records import WriteRecord, new_record  # noqa: E402
 from ddbpipe.retry import RetryPolicy, SystemClock  # noqa: E402
 from ddbpipe.sources.reading import RECORDS_PER_BATCH  # noqa: E402
 from ddbpipe.writer import TableWriter  # noqa: E402
 from tools import sample_data  # noqa: E402
-from tools.capacity_model import (  # noqa: E402
-    KeySchema,
-    SimulatedTable,
-    TableCapacity,
-    batch_request_items,
-    plan_batch_write,
-    throttle_error,
-)
+from tools.capacity_model import KeySchema, SimulatedTable, TableCapacity  # noqa: E402
+from tools.capacity_simulator import in_process_transport  # noqa: E402
 
 SCHEMA = KeySchema("pk", "sk")
 #: The export's Scan segments (files), as import_bench exports the scenario's table.
 SEGMENTS = 4
-
-
-def answered_by(capacity: TableCapacity, latency: float) -> MockTransport:
-    async def answer(url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
-        await asyncio.sleep(latency)
-        request_items = batch_request_items(json.loads(body))
-        assert request_items is not None
-        tables = list(request_items)
-        plan = plan_batch_write(request_items, dict.fromkeys(tables, SCHEMA),
-                                dict.fromkeys(tables, capacity))
-        assert plan is not None
-        admission = plan.admit()
-        admission.record(call_refused=admission.nothing_accepted)
-        document = (throttle_error() if admission.nothing_accepted
-                    else admission.reply({}, with_capacity=True))
-        return HttpReply(400 if admission.nothing_accepted else 200,
-                         {"Content-Type": "application/x-amz-json-1.0"},
-                         json.dumps(document).encode())
-
-    return MockTransport(answer)
 
 
 def one_run(args: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +68,8 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
             region="us-east-1", endpoint="https://dynamodb.us-east-1.amazonaws.com",
             credentials=botocore.credentials.Credentials("k", "s"),
             retry=RetryPolicy(max_attempts=1),
-            transport=answered_by(capacity, args["latency"]), clock=clock,
+            transport=in_process_transport(capacity, SCHEMA, latency=args["latency"]),
+            clock=clock,
         )
         started = time.monotonic()
         busiest = max(range(args["partitions"]), key=lambda p: sum(

@@ -8,7 +8,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from ddbpipe.config import AwsOptions
-from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport
+from ddbpipe.dynamo import DynamoClient, HttpReply
 from ddbpipe.errors import TableNotFoundError
 from ddbpipe.progress import JobProgress
 from ddbpipe.ratelimit import AdaptiveRate, KeyRateLimiter, TokenBucket
@@ -25,14 +25,8 @@ from ddbpipe.records import WriteRecord, new_record
 from ddbpipe.retry import ManualClock, RetryPolicy
 from ddbpipe.writer import TableWriter
 from tests.endpoints import serving as serve_post
-from tools.capacity_model import (
-    KeySchema,
-    SimulatedTable,
-    TableCapacity,
-    batch_request_items,
-    plan_batch_write,
-    throttle_error,
-)
+from tools.capacity_model import KeySchema, SimulatedTable, TableCapacity
+from tools.capacity_simulator import in_process_transport
 
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 
@@ -167,31 +161,6 @@ def test_items_dynamodb_rejects_are_dead_lettered_and_the_rest_written(
     assert set(scan_all(dynamodb_client, table)) == {(r.item["pk"]["S"],) for r in good}
 
 
-def answered_by_capacity_model(capacity: TableCapacity, schema: KeySchema) -> MockTransport:
-    """BatchWriteItem answered in process from the capacity model, on the model's clock.
-
-    Accepted writes count as stored; the reply has DynamoDB's shape (UnprocessedItems and
-    ConsumedCapacity, or the throttling exception when nothing was accepted).
-    """
-
-    def answer(url: str, body: bytes, headers: Mapping[str, str]) -> HttpReply:
-        assert headers["X-Amz-Target"].endswith(".BatchWriteItem")
-        request_items = batch_request_items(json.loads(body))
-        assert request_items is not None, body
-        tables = list(request_items)
-        plan = plan_batch_write(
-            request_items, dict.fromkeys(tables, schema), dict.fromkeys(tables, capacity)
-        )
-        assert plan is not None, body
-        admission = plan.admit()
-        admission.record(call_refused=admission.nothing_accepted)
-        if admission.nothing_accepted:
-            return dynamo_reply(400, throttle_error())
-        return dynamo_reply(200, admission.reply({}, with_capacity=True))
-
-    return MockTransport(answer)
-
-
 def dynamo_reply(status: int, document: dict[str, Any]) -> HttpReply:
     headers = {"Content-Type": "application/x-amz-json-1.0"}
     return HttpReply(status, headers, json.dumps(document).encode())
@@ -214,7 +183,7 @@ def test_the_write_rate_holds_at_the_target() -> None:
             endpoint="https://dynamodb.us-east-1.amazonaws.com",
             credentials=botocore.credentials.Credentials("test-key", "test-secret"),
             retry=RetryPolicy(max_attempts=1),
-            transport=answered_by_capacity_model(ample, KeySchema("pk")),
+            transport=in_process_transport(ample, KeySchema("pk")),
             clock=clock,
         )
         bucket = TokenBucket(target, clock=clock)

@@ -21,6 +21,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 import zlib
@@ -48,7 +49,7 @@ from tools.capacity_model import (
 )
 from tools.loopback_server import LoopbackServer
 
-__all__ = ["CapacitySimulator", "start_capacity_simulator"]
+__all__ = ["CapacitySimulator", "in_process_transport", "start_capacity_simulator"]
 
 TARGET_PREFIX = "DynamoDB_20120810."
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -356,3 +357,39 @@ def start_capacity_simulator(
 ) -> CapacitySimulator:
     """Serve a throttling DynamoDB endpoint in front of ``backend_endpoint`` (DynamoDB Local)."""
     return CapacitySimulator(backend_endpoint, clock=clock).start()
+
+
+def in_process_transport(
+    capacity: TableCapacity, schema: KeySchema, *, latency: float = 0.0
+) -> Any:
+    """A ``MockTransport`` that answers BatchWriteItem from ``capacity`` in this process, in
+    DynamoDB's shapes (UnprocessedItems and ConsumedCapacity, or the throttling exception when
+    nothing was accepted), after ``latency`` seconds; accepted writes count as stored. For a
+    writer's tests and the hot-partition benchmark, which need no backend behind the model."""
+    import json
+
+    from ddbpipe.dynamo import HttpReply, MockTransport
+
+    def answer_now(body: bytes) -> HttpReply:
+        request_items = batch_request_items(json.loads(body))
+        assert request_items is not None, body
+        tables = list(request_items)
+        plan = plan_batch_write(request_items, dict.fromkeys(tables, schema),
+                                dict.fromkeys(tables, capacity))
+        assert plan is not None, body
+        admission = plan.admit()
+        admission.record(call_refused=admission.nothing_accepted)
+        refused = admission.nothing_accepted
+        document = throttle_error() if refused else admission.reply({}, with_capacity=True)
+        return HttpReply(400 if refused else 200,
+                         {"Content-Type": JSON_CONTENT_TYPE}, json.dumps(document).encode())
+
+    async def answer_later(body: bytes) -> HttpReply:
+        await asyncio.sleep(latency)
+        return answer_now(body)
+
+    def answer(url: str, body: bytes, headers: Any) -> Any:
+        assert headers["X-Amz-Target"].endswith(".BatchWriteItem")
+        return answer_later(body) if latency > 0 else answer_now(body)
+
+    return MockTransport(answer)
