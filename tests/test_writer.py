@@ -401,8 +401,11 @@ def test_a_hot_partition_key_is_held_to_its_cap_while_others_go() -> None:
 
     took = asyncio.run(scenario())
     assert len(outcomes.written) == 3000
-    # 1,000 hot records at 400/s after a burst of 50: about 2.4 s, however fast the rest goes.
-    assert took == pytest.approx((1000 - 50) / 400, rel=0.15)
+    assert len(hot_written_at) == 1000
+    # 1,000 hot records at 400/s after a burst of 50 take at least 2.4 s, however fast the
+    # rest goes (a loaded machine only makes it slower, so no upper bound here).
+    hot_span = hot_written_at[-1] - hot_written_at[0]
+    assert hot_span >= 0.95 * (1000 - 50) / 400
+    assert took >= hot_span
     cold_done = [r for r in outcomes.written[:1500] if r.item["pk"]["S"] != "hot"]
     assert len(cold_done) > 1000, "the other keys were not made to wait for the hot one"
-    assert len(hot_written_at) == 1000
