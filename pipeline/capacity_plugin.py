@@ -67,7 +67,6 @@ class _Accounts:
             return await account.handle(message or {})
         raise ValueError(f"unknown capacity action {action!r}")
 
-
     def drop_jobs_of(self, driver: str) -> None:
         for job in [job for job, owner in self.drivers.items() if owner == driver]:
             self.jobs.pop(job, None)

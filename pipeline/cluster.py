@@ -35,6 +35,8 @@ LOCAL_THREADS_PER_WORKER = 4
 STATUS_INTERVAL = 0.5
 #: Seconds to wait for a scheduler (and for a local cluster's workers) to answer.
 CONNECT_TIMEOUT = 30
+
+
 def scheduler_address(cluster: Any) -> str:
     """What ``cluster=`` may be in the library: a ``--cluster`` value, or a Dask ``Client``
     (whose scheduler the job connects to with a client of its own)."""

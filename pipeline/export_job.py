@@ -37,15 +37,15 @@ from .process_memory import use_lean_memory
 from .progress import JobProgress
 from .retry import Clock, SystemClock
 from .scan import (
-    READ_BURST_SECONDS,
     ReadBudget,
     SegmentTask,
     plan_segments,
     read_bucket,
+    read_budget,
     run_segment,
 )
 from .schema import key_attributes, refuse_a_table_being_deleted, table_schema
-from .shared_capacity import AccountLink, BudgetSpec, LeasedBucket
+from .shared_capacity import AccountLink, LeasedBucket
 from .storage import ObjectStore, open_store
 from .version import VERSION
 
@@ -323,8 +323,7 @@ async def _run_segments_on_cluster(
     cluster: Cluster,
     progress: JobProgress,
 ) -> list[SegmentCheckpoint]:
-    budget = (BudgetSpec(options.max_rcu, burst=options.max_rcu * READ_BURST_SECONDS)
-              if options.max_rcu else None)
+    budget = read_budget(options.max_rcu) if options.max_rcu else None
     todo = [c for c in checkpoints if not c.done]
     finished = await cluster.run(
         export_segment_on_worker,

@@ -18,12 +18,12 @@ from typing import Any
 
 from .cluster import open_cluster
 from .config import ImportOptions
-from .import_job import SLOW_START_FRACTION, ImportRun, write_burst
+from .import_job import ImportRun, write_budget
 from .import_state import FileWatermark, ImportCheckpoint
 from .process_memory import use_lean_memory
 from .retry import SystemClock
 from .schema import KeyAttributes
-from .shared_capacity import AccountLink, BudgetSpec, LeasedBucket, Message, SharedController
+from .shared_capacity import AccountLink, LeasedBucket, Message, SharedController
 from .sources import ImportSource, SourceFile
 from .storage import open_store
 
@@ -39,8 +39,7 @@ async def write_all_on_cluster(run: ImportRun, target_wcu: float) -> None:
     assert isinstance(checkpoint, ImportCheckpoint) and run.options.cluster
     todo = run.files_to_do(target_wcu)
     written_before = checkpoint.items_written
-    budget = BudgetSpec(target_wcu, burst=write_burst(target_wcu), adaptive=True,
-                        slow_start=SLOW_START_FRACTION)
+    budget = write_budget(target_wcu)
     # What a task needs of the source: its kind (how records are read), not every file.
     source = replace(run.source, files=(), table_schema=None)
     options = replace(run.options, cluster=None)
@@ -74,10 +73,7 @@ def _write_down(run: ImportRun, checkpoint: ImportCheckpoint, status: Message) -
     for line in status["dead_letters"]:
         run.dead_letter.add(**line)
     for key, state in status["files"].items():
-        checkpoint.files[key] = FileWatermark(
-            watermark=state["watermark"], dead_lettered=state["dead_lettered"],
-            size=state["size"], done=state["done"],
-        )
+        checkpoint.files[key] = FileWatermark(**state)
     checkpoint.save_if_due()
 
 
@@ -103,8 +99,7 @@ async def _import_file(
     # A run of this task before this one (its worker died) may have got further.
     states = [state for state in (start, await link.file_state(file.key)) if state]
     state = max(states, key=lambda s: s["watermark"], default=None)
-    watermark = FileWatermark(size=file.size) if state is None else FileWatermark(
-        watermark=state["watermark"], dead_lettered=state["dead_lettered"], size=file.size)
+    watermark = FileWatermark(size=file.size) if state is None else FileWatermark(**state)
     reported = ReportedFile(link, file.key, watermark)
     store = open_store(options.source, options.aws)
     run = ImportRun(options, source, store, reported, reported.dead_letters, link.progress,

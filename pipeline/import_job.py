@@ -30,7 +30,14 @@ from .import_state import (
     ImportCheckpoint,
 )
 from .progress import JobProgress
-from .ratelimit import AdaptiveRate, Bucket, KeyRateLimiter, RateController, TokenBucket
+from .ratelimit import (
+    AdaptiveRate,
+    Bucket,
+    BudgetSpec,
+    KeyRateLimiter,
+    RateController,
+    TokenBucket,
+)
 from .records import WriteRecord
 from .retry import Clock, RetryPolicy, SystemClock
 from .schema import KeyAttributes, key_attributes, refuse_a_table_being_deleted
@@ -57,11 +64,17 @@ SLOW_START_FRACTION = 1 / 8
 MIN_BURST_WCU = 25.0
 
 
+def write_budget(target_wcu: float) -> BudgetSpec:
+    """An import's budget: ``target_wcu``, moved by an adaptive controller from a slow start."""
+    return BudgetSpec(target_wcu, burst=write_burst(target_wcu), adaptive=True,
+                      slow_start=SLOW_START_FRACTION)
+
+
 def write_rate(target_wcu: float, clock: Clock) -> tuple[TokenBucket, AdaptiveRate]:
     """The bucket an import in one process writes from, and the controller that moves it."""
-    bucket = TokenBucket(target_wcu, burst=write_burst(target_wcu), clock=clock)
-    return bucket, AdaptiveRate(target_wcu, bucket=bucket, slow_start=SLOW_START_FRACTION,
-                                clock=clock)
+    bucket, controller = write_budget(target_wcu).build(clock)
+    assert controller is not None
+    return bucket, controller
 
 
 def key_limiter(clock: Clock) -> KeyRateLimiter:

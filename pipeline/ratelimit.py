@@ -23,11 +23,14 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Protocol
 
 from .retry import Clock, SystemClock
 
-__all__ = ["AdaptiveRate", "Bucket", "KeyRateLimiter", "RateController", "TokenBucket"]
+__all__ = [
+    "AdaptiveRate", "Bucket", "BudgetSpec", "KeyRateLimiter", "RateController", "TokenBucket",
+]
 
 #: A waiter re-checks the balance at least this often, so set_rate() takes effect promptly.
 MAX_SLEEP_SLICE = 1.0
@@ -382,6 +385,25 @@ class AdaptiveRate:
         self._rate = min(self.target, max(self.floor, rate))
         if self._bucket is not None:
             self._bucket.set_rate(self._rate)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A budget as plain values (it travels to a cluster's scheduler): ``rate`` units a second
+    with ``burst`` saved up; ``adaptive``: an ``AdaptiveRate`` (an import's) drives the rate,
+    starting at ``slow_start`` times it."""
+
+    rate: float
+    burst: float
+    adaptive: bool = False
+    slow_start: float | None = None
+
+    def build(self, clock: Clock) -> tuple[TokenBucket, AdaptiveRate | None]:
+        """The bucket, and the controller that moves it if the budget is adaptive."""
+        bucket = TokenBucket(self.rate, burst=self.burst, clock=clock)
+        controller = (AdaptiveRate(self.rate, bucket=bucket, slow_start=self.slow_start,
+                                   clock=clock) if self.adaptive else None)
+        return bucket, controller
 
 
 class KeyRateLimiter:

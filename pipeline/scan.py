@@ -24,7 +24,7 @@ from .config import ArchiveOptions, Compression, Format
 from .dynamo import DynamoClient
 from .manifest import SegmentCheckpoint, ShardEntry, encode_checkpoint, segment_state_key
 from .progress import JobProgress
-from .ratelimit import Bucket, TokenBucket
+from .ratelimit import Bucket, BudgetSpec, TokenBucket
 from .retry import Clock
 from .schema import KeyAttributes
 from .shards import ShardWriter, shard_key
@@ -57,9 +57,14 @@ MAX_PAGE_BYTES = 1024 * 1024
 READ_BURST_SECONDS = 0.25
 
 
+def read_budget(max_rcu: float) -> BudgetSpec:
+    """A ``--max-rcu`` budget: ``max_rcu`` a second, a quarter second saved."""
+    return BudgetSpec(max_rcu, burst=max_rcu * READ_BURST_SECONDS)
+
+
 def read_bucket(max_rcu: float, clock: Clock) -> TokenBucket:
-    """The token bucket of a ``--max-rcu`` budget: ``max_rcu`` a second, a quarter second saved."""
-    return TokenBucket(max_rcu, burst=max_rcu * READ_BURST_SECONDS, clock=clock)
+    """The token bucket of a ``--max-rcu`` budget in this process."""
+    return read_budget(max_rcu).build(clock)[0]
 
 
 class ReadBudget:

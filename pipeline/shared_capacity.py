@@ -27,11 +27,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .progress import JobProgress
-from .ratelimit import AdaptiveRate, TokenBucket
+from .ratelimit import AdaptiveRate, BudgetSpec, TokenBucket
 from .retry import Clock, SystemClock
 
 __all__ = [
@@ -62,18 +61,6 @@ PROGRESS_COUNTERS = ("items", "raw_bytes", "stored_bytes", "shards", "consumed_c
                      "throttles", "segments_done", "files_done", "dead_lettered")
 
 
-@dataclass(frozen=True)
-class BudgetSpec:
-    """A job's budget, as plain values: ``rate`` units a second with ``burst`` saved up;
-    ``adaptive``: an AdaptiveRate (an import's) drives the rate, starting at ``slow_start``
-    times it."""
-
-    rate: float
-    burst: float
-    adaptive: bool = False
-    slow_start: float | None = None
-
-
 class CapacityAccount:
     """The account of one job: its budget (None: progress only) and the totals reported."""
 
@@ -82,19 +69,15 @@ class CapacityAccount:
         self.bucket: TokenBucket | None = None
         self.controller: AdaptiveRate | None = None
         if budget is not None:
-            self.bucket = TokenBucket(budget.rate, burst=budget.burst, clock=self.clock)
+            self.bucket, self.controller = budget.build(self.clock)
             # Refunds come from other processes, at any moment: waiters see them promptly.
             self.bucket.recheck_every(REFUND_RECHECK_SECONDS)
-            if budget.adaptive:
-                self.controller = AdaptiveRate(budget.rate, bucket=self.bucket,
-                                               slow_start=budget.slow_start, clock=self.clock)
         self.totals: dict[str, float] = dict.fromkeys(PROGRESS_COUNTERS, 0)
         self.granted = 0.0
         #: The most a Scan page of this job has cost: a task's first page reserves that,
         #: not the worst case (ReadBudget).
         self.page_cost: float | None = None
-        #: An import's files: the furthest state any task reported (watermark, dead-lettered,
-        #: done), those changed since the driver last read them, and dead letters to write.
+        #: An import's files: the furthest state any task reported (``FileWatermark.to_dict``).
         self.files: dict[str, Message] = {}
         # Dead letters not yet acknowledged by the driver, and the number of the first.
         self._dead_letters: list[Message] = []
@@ -141,18 +124,19 @@ class CapacityAccount:
         every file's state and the dead letters from number ``dead_letters_from`` on (those
         before it it has written down: they are dropped). A reply lost on its way is thus
         answered again by the next call, with nothing lost and nothing twice."""
-        now = self.clock.monotonic()
-        active = sum(1 for seen in self._seen.values() if now - seen < ACTIVE_WORKER_SECONDS)
         written = max(0, dead_letters_from - self._dead_letters_first)
         del self._dead_letters[:written]
         self._dead_letters_first += written
-        return {"totals": dict(self.totals), "rate": self.rate, "workers": active,
+        return {"totals": dict(self.totals), "rate": self.rate,
+                "workers": self._active_workers(self.clock.monotonic()),
                 "files": dict(self.files), "dead_letters": list(self._dead_letters),
                 "dead_letters_next": self._dead_letters_first + len(self._dead_letters)}
 
     def _lease_ahead(self, now: float) -> float:
-        active = sum(1 for seen in self._seen.values() if now - seen < ACTIVE_WORKER_SECONDS)
-        return self.rate * LEASE_AHEAD_SECONDS / max(1, active)
+        return self.rate * LEASE_AHEAD_SECONDS / max(1, self._active_workers(now))
+
+    def _active_workers(self, now: float) -> int:
+        return sum(1 for seen in self._seen.values() if now - seen < ACTIVE_WORKER_SECONDS)
 
 
 def local_channel(account: CapacityAccount) -> Channel:
