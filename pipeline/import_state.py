@@ -293,8 +293,7 @@ class ImportCheckpoint:
     def _write(self, document: bytes) -> None:
         if self.dead_letter is not None:
             self.dead_letter.sync()
-        write_file_atomically(self.path, document)
-        _owner_only(self.path)
+        write_file_atomically(self.path, document, OWNER_ONLY)
 
 
 def _read_checkpoint(path: Path) -> _SavedCheckpoint:
@@ -353,8 +352,9 @@ class DeadLetterFile:
             ) from None
         kept = [line for line in lines if _is_below(line, watermarks)]
         if len(kept) < len(lines):
-            write_file_atomically(self.path, b"".join(kept))
-        _owner_only(self.path)
+            write_file_atomically(self.path, b"".join(kept), OWNER_ONLY)
+        else:
+            _owner_only(self.path)
         return len(lines) - len(kept)
 
     def add(

@@ -51,6 +51,28 @@ def test_atomic_write_fsyncs_the_folders_it_creates(
     assert fsynced == ["folder", "folder", "file", "folder"]
 
 
+def test_atomic_write_with_a_mode_never_shows_the_data_with_wider_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kill between the rename and a later chmod would leave a readable checkpoint: the
+    # mode must already be on the file when it takes the final name.
+    target = tmp_path / "checkpoint.json"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o644)
+    modes_at_rename: list[int] = []
+    real_replace = os.replace
+
+    def replace(source: Any, destination: Any) -> None:
+        modes_at_rename.append(os.stat(source).st_mode & 0o777)
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace)
+    write_file_atomically(target, b"secret", 0o600)
+    assert modes_at_rename == [0o600]
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    assert target.read_bytes() == b"secret"
+
+
 def test_failed_atomic_write_keeps_the_old_file_and_says_so_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

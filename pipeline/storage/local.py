@@ -37,16 +37,20 @@ __all__ = ["TEMP_PREFIX", "LocalStore", "write_file_atomically"]
 TEMP_PREFIX = ".ddbpipe-tmp-"
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
+def write_file_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` atomically and durably; StorageError (one line) if not.
 
-    Creates the missing folders above ``path``. Blocking: call it in a thread from async code.
+    Creates the missing folders above ``path``. ``mode`` (e.g. owner-only) is set on the temp
+    file before the rename, so no moment exists where ``path`` holds the data with wider
+    permissions. Blocking: call it in a thread from async code.
     """
     with _local_errors("write", path):
         _make_dirs(path.parent)
         temp = _temp_path(path)
         try:
             with open(temp, "xb") as file:
+                if mode is not None:
+                    os.fchmod(file.fileno(), mode)
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
