@@ -177,12 +177,9 @@ class BatchBuilder:
             return []
         chosen: list[Key] = []
         size = 0
-        # One key of each partition key in turn: a partition key with many ready records (a
-        # hot tenant) fills no more of a batch than any other, so the writes of a batch spread
-        # over the table's partitions instead of queueing on one.
-        turns = deque((group, iter(keys)) for group, keys in self._ready.items())
+        turns = deque(self._turns())
         while turns:
-            group, keys = turns.popleft()
+            group, keys, places = turns.popleft()
             key = next(keys, None)
             if key is None:
                 continue
@@ -196,8 +193,27 @@ class BatchBuilder:
             size += record.size
             if len(chosen) == self.max_requests:
                 break
-            turns.append((group, keys))
+            if places > 1:
+                turns.appendleft((group, keys, places - 1))
+            else:
+                turns.append((group, keys, 1))
         return self._take_heads(chosen)
+
+    def _turns(self) -> list[tuple[Hashable, Iterator[Key], int]]:
+        """Each partition key's turn in the next batch: its keys, and how many places it has.
+
+        A partition key's places follow its share of the ready records (at least one): a hot
+        tenant with a third of what is ready fills a third of each batch, and one with a
+        single record takes one place, in turn. So each partition key's records go out at
+        the pace of its backlog and all of them finish about together. With one place each,
+        the hot tenant waited behind every other partition key for each of its records, and
+        an import ended with its partition writing alone. Partition keys owed more than one
+        place go first, so they are in every batch.
+        """
+        total = self._ready_count
+        turns = [(group, iter(keys), max(1, round(self.max_requests * len(keys) / total)))
+                 for group, keys in self._ready.items()]
+        return [turn for turn in turns if turn[2] > 1] + [turn for turn in turns if turn[2] == 1]
 
     def finish(self, record: WriteRecord) -> None:
         """The write of ``record`` is over (written or given up); its key's next may go."""

@@ -184,11 +184,12 @@ class AdaptiveRate:
     table ran out of capacity arrive together and are one congestion event, not many. Without
     throttles the rate grows back along a CUBIC curve in time since the last cut::
 
-        rate(t) = w_max + g * (t - k) ** 3,   k = cbrt(w_max * (1 - beta) / g),
+        rate(t) = w_max + g * (t - k) ** 3,   k = cbrt((w_max - w_cut) / g),
         g = c * sqrt(w_max * target)
 
-    where ``w_max`` is the rate at the last cut: concave up to ``w_max`` (where the table last
-    throttled, so it lingers there), then convex, probing faster the longer nothing throttles.
+    where ``w_max`` is the rate at the last cut and ``w_cut`` the rate it was cut to
+    (``beta * w_max``): concave up to ``w_max`` (where the table last throttled, so it lingers
+    there), then convex, probing faster the longer nothing throttles.
     ``g`` scales with the rates, so the curve has the same shape at 100 or 40,000 WCU/s; by
     the geometric mean of ``w_max`` and the target, so that a target far above the table's
     capacity does not make the probes above ``w_max`` steep (at ``c * target`` a 2,000 WCU/s
@@ -200,18 +201,29 @@ class AdaptiveRate:
     within the cooldown, and ``w_max`` becomes that delivered rate: when a target is far above
     the table's capacity, cutting by 0.7 per cooldown would take five cuts (five seconds of
     mostly throttled calls) to get from 2,000 to 400 WCU/s; the delivered rate gets there in
-    the second cut, a fifth of a window after the first.
+    the second cut, a fifth of a window after the first. The rate is then at ``w_max``, so the
+    curve starts convex (``k = 0``): climbing back to where it already was held the rate flat
+    for the 3 s of ``k`` plus the cooldown, which cost the hot-partition benchmark 5-10%.
 
     The cooldown only shields a cut from the replies of calls sent before it. A throttle of a
     call sent after the last cut means that cut was not enough, and cuts again at once: after
     a table's burst credit runs out, the delivered rate it cut to still included that credit
     (in the simulator benchmark, the cooldown then held a rate 10% over the capacity for a
-    second, and nearly every call of that second came back partly unprocessed).
+    second, and nearly every call of that second came back partly unprocessed). Such a
+    re-cut never goes below what the table delivered since the congestion began (its first
+    cut, at most ``window`` back): for a moment after any cut, calls still find the table
+    out of credit, and cutting by ``beta`` on each of them took a 1,540 WCU/s rate to 260 on
+    a 400 WCU/s table in 0.15 s, after which the climb back cost a one-partition import 15%
+    of its time. The delivered rate is measured over the whole congestion, not since the
+    latest cut, so it is known within a fifth of a window however fast the cuts come.
 
     ``slow_start`` (a fraction of the target) starts there instead and doubles the rate every
     quarter second until the target or the first throttle, as TCP does: a table whose capacity
     is far below the target then sees an overshoot of at most twice the rate that fit, not
-    the whole target, before the first cut.
+    the whole target, before the first cut. The doubling counts from the first write the table
+    accepted, not from when the controller was made: an import that spent its first second
+    fetching a file would otherwise start at the whole target (seen in the benchmark: a burst
+    at 2,000 WCU/s on a 400 WCU/s table, cut to 100 and held there for 6 s).
 
     Why CUBIC and not AIMD, measured with the fluid model in ``tests/test_ratelimit.py``
     (target 1,000 WCU/s, capacity C below it for 80 s then back to the target, 0.1 s feedback
@@ -262,7 +274,11 @@ class AdaptiveRate:
         self._c = cubic_c
         self._rate = self.target
         self._w_max = self.target
+        self._cut_to = self.target * beta
         self._last_cut: float | None = None
+        self._congestion_began = 0.0  # the first of the cuts less than a cooldown apart
+        self._slow_starting = False
+        # When the slow start's doubling began: at the first write the table accepted.
         self._slow_start_from: float | None = None
         if slow_start is not None:
             self._start_slowly(slow_start)
@@ -296,15 +312,20 @@ class AdaptiveRate:
         if cooling and not far_below and not after_cut:
             return False
         self._advance(now)
-        self._slow_start_from = None
+        self._slow_starting = False
         cut = self._rate * self.beta
         if delivered is not None and delivered < cut:
             self._w_max, cut = delivered, delivered
         else:
             self._w_max = self._rate
+            if cooling and delivered is not None:
+                cut = max(cut, min(self._rate, delivered))  # a re-cut: not below delivered
+        if not cooling:
+            self._congestion_began = now
         self._last_cut = now
         self.cuts += 1
         self._apply(cut)
+        self._cut_to = self._rate
         return True
 
     def on_success(self, units: float = 0.0) -> None:
@@ -312,20 +333,23 @@ class AdaptiveRate:
         now = self._clock.monotonic()
         if units > 0:
             self._delivered.append((now, units))
+            if self._slow_starting and self._slow_start_from is None:
+                self._slow_start_from = now
             self._forget_before(now - self.window)
         self._advance(now)
 
     def _delivered_rate(self, now: float) -> float | None:
-        """Units per second the table accepted since the last cut (at most one window back).
+        """Units per second the table accepted since the congestion began (at most one window
+        back).
 
-        Counting from the last cut leaves out what a table's burst credit let through before
+        Counting from its first cut leaves out what a table's burst credit let through before
         it first throttled: that would make the table look faster than it is. None before
         the first cut, too soon after it to tell, or while nothing has been accepted since.
         """
         self._forget_before(now - self.window)
         if self._last_cut is None:
             return None
-        since = max(self._last_cut, now - self.window)
+        since = max(self._congestion_began, now - self.window)
         if now - since < self.window / 5:
             return None
         accepted = sum(units for moment, units in self._delivered if moment > since)
@@ -334,8 +358,8 @@ class AdaptiveRate:
 
     def attach(self, bucket: Bucket) -> None:
         """Drive ``bucket`` from now on: its rate is set at once, and it asks for the rate
-        again while it waits (a slow start doubles every quarter second whether or not
-        replies arrive)."""
+        again while it waits (a slow start doubles every quarter second once the first write
+        was accepted, whether or not more replies arrive)."""
         self._bucket = bucket
         bucket.set_rate(self._rate)
         bucket.follow(self._follow_the_clock, every=SLOW_START_DOUBLING)
@@ -348,7 +372,10 @@ class AdaptiveRate:
         # Scaled by w_max, not the target: the probe above the last congestion point takes the
         # same time whether the target is at the table's capacity or far above it.
         growth = self._c * (self._w_max * self.target) ** 0.5
-        k = (self._w_max * (1 - self.beta) / growth) ** (1 / 3)
+        # The time the curve takes from the rate cut to back to w_max: none when the cut went
+        # to the delivered rate and that became w_max (a concave climb to where the rate
+        # already is held it flat for seconds).
+        k = (max(0.0, self._w_max - self._cut_to) / growth) ** (1 / 3)
         return self._w_max + growth * (seconds_since_cut - k) ** 3
 
     def _forget_before(self, moment: float) -> None:
@@ -358,17 +385,19 @@ class AdaptiveRate:
     def _start_slowly(self, fraction: float) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"slow_start must be in (0, 1], not {fraction}")
-        self._slow_start_from = self._clock.monotonic()
+        self._slow_starting = True
         self._rate = max(self.floor, self.target * fraction)
         self._slow_start_rate = self._rate
 
     def _advance(self, now: float) -> None:
-        if self._slow_start_from is not None:
+        if self._slow_starting:
+            if self._slow_start_from is None:
+                return  # nothing accepted yet: the starting rate holds
             # Doubling every SLOW_START_DOUBLING seconds until the target or the first throttle.
             doublings = (now - self._slow_start_from) / SLOW_START_DOUBLING
             self._apply(self._slow_start_rate * 2.0**doublings)
             if self._rate >= self.target:
-                self._slow_start_from = None
+                self._slow_starting = False
             return
         if self._last_cut is None or self._rate >= self.target:
             return

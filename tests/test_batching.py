@@ -274,18 +274,38 @@ def test_key_rate_limiter_lets_an_item_bigger_than_the_burst_through_a_full_buck
     assert limiter.seconds_until("k", 1) == pytest.approx(3.01)
 
 
-def test_a_batch_takes_one_key_of_each_partition_key_in_turn() -> None:
+def test_a_partition_keys_places_in_a_batch_follow_its_share_of_the_ready_records() -> None:
     builder = BatchBuilder()
     for sk in range(30):  # a hot tenant: many items under one partition key, read first
         builder.add(record("hot", sk))
     for n in range(10):
         builder.add(record(f"cold-{n}", 0))
     first = builder.take()
-    # Every cold partition key is in the first batch; the hot one fills the rest, not all.
-    assert sum(1 for r in first if r.item["pk"]["S"] != "hot") == 10
-    assert sum(1 for r in first if r.item["pk"]["S"] == "hot") == 15
+    # 30 of the 40 ready records are the hot tenant's: 19 of the 25 places (round(25 * 3/4)),
+    # the other partition keys one place each, in turn.
+    assert sum(1 for r in first if r.item["pk"]["S"] == "hot") == 19
+    assert sum(1 for r in first if r.item["pk"]["S"] != "hot") == 6
     for taken in first:
         builder.finish(taken)
     builder.add(record("late", 0))
+    # 11 hot of 16 ready: 17 places, more than it has; the four cold keys left and "late" go.
     second = [r.item["pk"]["S"] for r in builder.take()]
-    assert second.count("late") == 1 and second.count("hot") == 15
+    assert second.count("hot") == 11 and second.count("late") == 1 and len(second) == 16
+
+
+def test_a_hot_tenant_is_in_every_batch_however_many_other_partition_keys_wait() -> None:
+    # One place each in turn put the hot tenant behind all 400 others for each of its
+    # records: one record in 16 batches, and its partition was left to write alone at the end.
+    builder = BatchBuilder()
+    for sk in range(200):
+        builder.add(record("hot", sk))
+    for n in range(400):
+        builder.add(record(f"cold-{n}", 0))
+    hot_per_batch = []
+    for _ in range(8):
+        batch = builder.take()
+        hot_per_batch.append(sum(1 for r in batch if r.item["pk"]["S"] == "hot"))
+        for taken in batch:
+            builder.finish(taken)
+    # A third of what is ready, so about a third of each batch (8 of 25: round(25 * 200/600)).
+    assert all(7 <= count <= 9 for count in hot_per_batch), hot_per_batch

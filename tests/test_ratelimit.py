@@ -370,6 +370,7 @@ def test_slow_start_doubles_every_quarter_second_up_to_the_target() -> None:
     clock = ManualClock()
     controller = AdaptiveRate(1000, clock=clock, slow_start=1 / 8)
     assert controller.rate == pytest.approx(125)
+    controller.on_success(10)  # the first write accepted starts the doubling
     for expected in (250, 500, 1000, 1000):
         clock.advance(0.25)
         controller.on_success(10)
@@ -381,8 +382,9 @@ def test_a_waiter_on_a_slow_start_waits_at_the_doubling_rate() -> None:
     # while the waiter waits, with no reply to tell the controller the time.
     clock = ManualClock()
     bucket = TokenBucket(1000, burst=100, clock=clock)
-    AdaptiveRate(1000, bucket=bucket, clock=clock, slow_start=1 / 8)
+    controller = AdaptiveRate(1000, bucket=bucket, clock=clock, slow_start=1 / 8)
     assert bucket.rate == pytest.approx(125)
+    controller.on_success(10)
     bucket.charge(350)
 
     asyncio.run(bucket.wait_for_credit())
@@ -391,9 +393,30 @@ def test_a_waiter_on_a_slow_start_waits_at_the_doubling_rate() -> None:
     assert bucket.rate == 1000
 
 
+def test_slow_start_holds_its_starting_rate_until_a_first_write_is_accepted() -> None:
+    # An import may spend seconds fetching its first file: doubling meanwhile would start it
+    # at the whole target.
+    clock = ManualClock()
+    bucket = TokenBucket(1000, burst=100, clock=clock)
+    controller = AdaptiveRate(1000, bucket=bucket, clock=clock, slow_start=1 / 8)
+    clock.advance(3.0)
+    bucket.charge(100)
+    asyncio.run(bucket.wait_for_credit())  # waiting asks the controller for its rate
+    assert controller.rate == bucket.rate == pytest.approx(125)
+    controller.on_success(0)  # a reply with nothing accepted does not start it either
+    clock.advance(0.25)
+    controller.on_success(0)
+    assert controller.rate == pytest.approx(125)
+    controller.on_success(25)
+    clock.advance(0.25)
+    controller.on_success(25)
+    assert controller.rate == pytest.approx(250)
+
+
 def test_slow_start_ends_at_the_first_throttle() -> None:
     clock = ManualClock()
     controller = AdaptiveRate(1000, clock=clock, slow_start=1 / 8, cooldown=1.0)
+    controller.on_success(10)
     clock.advance(0.5)
     controller.on_success(10)
     assert controller.rate == pytest.approx(500)
@@ -438,3 +461,24 @@ def test_a_throttle_of_a_call_sent_after_the_cut_cuts_again_within_the_cooldown(
     assert controller.rate == pytest.approx(490)
     assert controller.cuts == 2
     assert not controller.on_throttle(sent_after), "that call was sent before the second cut"
+
+
+def test_re_cuts_in_one_congestion_stop_at_what_the_table_delivered() -> None:
+    # Calls sent after each cut still come back throttled for a moment (the table is out of
+    # credit): cutting by beta on each took the rate far below what the table delivers.
+    clock = ManualClock()
+    controller = AdaptiveRate(1000, clock=clock, cooldown=1.0)
+    assert controller.on_throttle(controller.now())
+    assert controller.rate == pytest.approx(700)  # nothing delivered is known yet
+    rates = []
+    for _ in range(4):  # the table takes 600 units/s, and a call sent just after each cut is
+        clock.advance(0.02)  # throttled all the same
+        controller.on_success(12)
+        sent = controller.now()
+        for _ in range(6):
+            clock.advance(0.02)
+            controller.on_success(12)
+        assert controller.on_throttle(sent)
+        rates.append(controller.rate)
+    # Not 490, 343, 240, 168 (0.7 each time): the rate the table delivered since it began.
+    assert rates == pytest.approx([600] * 4, rel=0.02)
