@@ -42,7 +42,17 @@ numeric sort keys), exported by ddbpipe, then written through the simulator by
 
 - ddbpipe: ``import_table(export, table, target_wcu=--target-wcu)`` into the empty table;
 - boto3: one thread, ``Table.batch_writer()`` on a client with botocore's adaptive retry mode
-  (``Config(retries={"mode": "adaptive", "max_attempts": 10})``).
+  (``Config(retries={"mode": "adaptive", "max_attempts": 10})``);
+- dynamodump: ``dynamodump -m restore --dataOnly`` from its backup of the source table into
+  the created table (the time is its ``main()``'s: the writing, without start-up).
+
+``--writers`` picks among them. With ``--cluster local:N`` ddbpipe imports on a Dask
+LocalCluster of N worker processes, started once before the runs (as ``--cluster local:N``
+starts one); its calls are then made in the workers, so only the simulator's counts are
+reported for it (as for dynamodump, a process of its own). Before the runs one untimed ddbpipe
+import straight into DynamoDB Local (and through the cluster, if any) warms up its JIT and the
+workers: without it, the first writer of run 0 was slowed (ddbpipe 1.31-1.43x its bound there,
+1.04-1.10x in the other runs).
 
 Per run: completion time, items lost (source count minus a Scan COUNT of the table on the
 backend), BatchWriteItem calls counted on the client side (throttled = refused with
@@ -53,6 +63,8 @@ over the steady part (from the 3rd second to the last full second).
 
     .venv/bin/python benchmarks/import_bench.py local --items 20000 --runs 3
     .venv/bin/python benchmarks/import_bench.py throttled --items 12000 --wcu 400 --runs 2
+    .venv/bin/python benchmarks/import_bench.py throttled --items 3000 --partitions 4 \
+        --target-wcu 2000 --runs 5 [--cluster local:2 --writers ddbpipe]
 """
 
 from __future__ import annotations
@@ -486,7 +498,8 @@ class CallLog:
 
 
 def ddbpipe_throttled(
-    endpoint: str, export_dir: Path, table: str, target_wcu: float, scratch: Path, log: CallLog
+    endpoint: str, export_dir: Path, table: str, target_wcu: float, scratch: Path, log: CallLog,
+    cluster: str | None = None,
 ) -> dict[str, Any]:
     import ddbpipe
     from ddbpipe import dynamo
@@ -526,6 +539,7 @@ def ddbpipe_throttled(
             checkpoint=str(scratch / f"{table}.checkpoint.json"),
             dead_letter=str(scratch / f"{table}.dead-letter.jsonl"),
             progress=progress,
+            cluster=cluster,
         )
     finally:
         dynamo.DynamoClient.batch_write_raw = original
@@ -570,6 +584,19 @@ def boto3_throttled(
     except Exception as failure:  # noqa: BLE001 - reported as the run's outcome
         error = f"{type(failure).__name__}: {failure}"
     return {"error": error, "dead_lettered": 0}
+
+
+def dynamodump_throttled(endpoint: str, source: str, dump: Path, table: str) -> dict[str, Any]:
+    """``dynamodump -m restore --dataOnly`` of its backup of ``source`` into the (created,
+    throttled) ``table``; the time is its main()'s, which is then the writing alone."""
+    args = dynamodump_args("restore", endpoint, source, dump, table) + ["--dataOnly"]
+    started = time.perf_counter()
+    try:
+        seconds, _ = run_dynamodump(args)
+    except RuntimeError as failure:
+        return {"error": str(failure).splitlines()[0], "dead_lettered": 0,
+                "seconds": time.perf_counter() - started}
+    return {"error": None, "dead_lettered": 0, "seconds": seconds}
 
 
 def _steady_mean(series: tuple[tuple[int, float], ...]) -> float:
@@ -619,12 +646,44 @@ def hot_partition_bound(items: list[dict[str, Any]], wcu: float, partitions: int
     return max(load) / per_partition - 1.0
 
 
+def start_local_cluster(spec: str) -> Any:
+    """A Dask LocalCluster as ``--cluster local:N`` starts one, kept for all the runs (its
+    start is not part of any import's time)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from ddbpipe.cluster import LOCAL_THREADS_PER_WORKER
+
+    workers = int(spec.removeprefix("local:"))
+    return LocalCluster(n_workers=workers, threads_per_worker=LOCAL_THREADS_PER_WORKER,
+                        processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+
+
+def throttled_warm_up(
+    backend: str, export_dir: Path, scratch: Path, items: int, cluster: str | None
+) -> None:
+    """One untimed ddbpipe import straight into DynamoDB Local (its JIT compiles the write
+    path; a cluster's workers load ddbpipe), counted and dropped: else the first run is slowed
+    by it, whichever writer goes first."""
+    import ddbpipe
+
+    table = "bench-throttle-warm-up"
+    ddbpipe.import_table(str(export_dir), table, create_table=True, target_wcu=40_000,
+                         endpoint_url=backend, cluster=cluster,
+                         checkpoint=str(scratch / "warm-up.checkpoint.json"),
+                         dead_letter=str(scratch / "warm-up.dead-letter.jsonl"))
+    assert sample_data.count_items(backend, table) == items
+    sample_data.drop_table(backend, table)
+
+
 def throttled_part(args: argparse.Namespace) -> None:
     from tools.capacity_simulator import start_capacity_simulator
 
     services.use_local_credentials()
     server = services.start_dynamodb_local()
-    results: dict[str, list[dict[str, Any]]] = {"ddbpipe": [], "boto3": []}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in args.writers}
+    cluster = start_local_cluster(args.cluster) if args.cluster else None
     try:
         backend = server.endpoint
         simulator = start_capacity_simulator(backend)
@@ -646,9 +705,15 @@ def throttled_part(args: argparse.Namespace) -> None:
                     f"items={args.items} hot share={args.hot_share:.0%} item size "
                     f"{min(sizes)}-{max(sizes)} B; capacity {args.wcu:g} WCU/s on "
                     f"{args.partitions} partition(s); ddbpipe target {args.target_wcu:g}; "
-                    f"the busiest partition needs {bound:.2f} s",
+                    f"the busiest partition needs {bound:.2f} s"
+                    + (f"; ddbpipe on a cluster of {args.cluster}" if cluster else ""),
                     flush=True,
                 )
+                dump = scratch / "dump"
+                if "dynamodump" in results:
+                    run_dynamodump(dynamodump_args("backup", backend, source, dump, None))
+                address = cluster.scheduler_address if cluster else None
+                throttled_warm_up(backend, export_dir, scratch, args.items, address)
                 order = list(results)
                 for run in range(args.runs):
                     for name in order if run % 2 == 0 else order[::-1]:
@@ -659,11 +724,14 @@ def throttled_part(args: argparse.Namespace) -> None:
                         started = time.perf_counter()
                         if name == "ddbpipe":
                             outcome = ddbpipe_throttled(
-                                simulator.endpoint, export_dir, table, args.target_wcu, scratch, log
+                                simulator.endpoint, export_dir, table, args.target_wcu, scratch,
+                                log, address,
                             )
-                        else:
+                        elif name == "boto3":
                             outcome = boto3_throttled(simulator.endpoint, items, table, log)
-                        seconds = time.perf_counter() - started
+                        else:
+                            outcome = dynamodump_throttled(simulator.endpoint, source, dump, table)
+                        seconds = outcome.pop("seconds", time.perf_counter() - started)
                         stats = simulator.stats(table)
                         stored = sample_data.count_items(backend, table)
                         simulator.unconfigure(table)
@@ -707,6 +775,8 @@ def throttled_part(args: argparse.Namespace) -> None:
         finally:
             simulator.stop()
     finally:
+        if cluster is not None:
+            cluster.close()
         server.stop()
     print(
         f"\nitems={args.items} capacity={args.wcu:g} WCU/s partitions={args.partitions} "
@@ -755,6 +825,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--target-wcu", type=float, default=2000.0, help="ddbpipe's target")
     parser.add_argument("--hot-share", type=float, default=0.3)
+    parser.add_argument("--writers", nargs="+", choices=("ddbpipe", "boto3", "dynamodump"),
+                        default=["ddbpipe", "boto3", "dynamodump"], help="(throttled)")
+    parser.add_argument("--cluster", metavar="local:N",
+                        help="(throttled) ddbpipe on a Dask LocalCluster of N workers")
     args = parser.parse_args()
     if args.part in ("local", "all"):
         local_args = argparse.Namespace(**vars(args))
