@@ -56,13 +56,17 @@ def report(summary: dict[str, Any], json_output: bool, line: str) -> None:
 def export_detail(p: JobProgress) -> str:
     return (
         f"{p.items:,} items  {mb(p.raw_bytes)}  {p.items_per_second:,.0f} items/s  "
-        f"{p.capacity_per_second:,.1f} RCU/s{_of_budget(p)}  "
+        f"{p.capacity_per_second:,.1f} RCU/s{_of_budget(p)}  {_throttles(p)}  "
         f"segments {p.segments_done}/{p.segments_total}{_workers(p)}"
     )
 
 
 def _of_budget(p: JobProgress) -> str:
     return f" of {p.target_rate:,.0f}" if p.target_rate else ""
+
+
+def _throttles(p: JobProgress) -> str:
+    return f"{p.throttles / p.elapsed:,.1f} throttles/s"
 
 
 def _workers(p: JobProgress) -> str:
@@ -73,7 +77,7 @@ def import_detail(p: JobProgress) -> str:
     return (
         f"{p.items:,} written  {p.dead_lettered:,} dead-lettered  "
         f"{p.capacity_per_second:,.0f} WCU/s of {p.target_rate:,.0f}  "
-        f"{p.throttles / p.elapsed:,.1f} throttles/s  files {p.files_done}/{p.files_total}"
+        f"{_throttles(p)}  files {p.files_done}/{p.files_total}"
         f"{_workers(p)}"
     )
 

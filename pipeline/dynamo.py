@@ -134,7 +134,8 @@ class DynamoClient:
 
     Use ``async with DynamoClient.open(aws) as client:`` (``open`` itself is synchronous and
     resolves region, endpoint and credentials at once, so configuration errors surface early).
-    ``throttles`` and ``retries`` count throttled replies and retried calls, for progress.
+    ``throttles`` and ``retries`` count throttled replies and retried calls, for progress;
+    ``on_throttle``, when set, is called at each throttled reply (a live progress display).
     ``transport`` and ``clock`` are the seams for tests: a ``MockTransport`` answers in
     process, a ``ManualClock`` fixes the signing time and never really sleeps.
     ``renew_credentials`` gives credentials anew when DynamoDB says they expired (``open``
@@ -162,6 +163,7 @@ class DynamoClient:
         self.retry = retry or RetryPolicy()
         self.clock: Clock = clock or SystemClock()
         self.throttles = 0
+        self.on_throttle: Callable[[], None] | None = None
         self.retries = 0
         self.credentials_renewed = 0
         self._credentials = credentials
@@ -328,6 +330,8 @@ class DynamoClient:
             refused = aws.error_from_reply(call, reply.status, code, message)
             if isinstance(refused, ThrottledError):
                 self.throttles += 1
+                if self.on_throttle is not None:
+                    self.on_throttle()
             raise refused
         _check_crc32(call, reply)
         return reply.body

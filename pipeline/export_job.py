@@ -106,9 +106,9 @@ async def run_export(
             plan, checkpoints = await _prepare(options, store, client, description, cores)
             _start_progress(progress, options, plan, checkpoints, description)
             if cluster is None:
+                client.on_throttle = progress.add_throttle
                 finals = await _run_segments(options, plan, checkpoints, client, store,
                                              progress)
-                progress.throttles = client.throttles
             else:
                 finals = await _run_segments_on_cluster(options, plan, checkpoints, cluster,
                                                         progress)
@@ -357,6 +357,7 @@ async def _export_segment(
         if await store.head(segment_state_key(task.segment)) is not None:
             checkpoint = await _saved_checkpoint(store, task.segment)
         async with DynamoClient.open(aws, max_connections=WORKER_CONNECTIONS) as client:
+            client.on_throttle = link.progress.add_throttle
             await link.send()  # what a page of this Scan costs, if another task knows
             read_budget = ReadBudget(LeasedBucket(link), pages=link) if budgeted else None
             async with link.reporting():

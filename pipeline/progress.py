@@ -45,6 +45,9 @@ class JobProgress:
         self.raw_bytes += raw_bytes
         self.consumed_capacity += consumed_capacity
 
+    def add_throttle(self) -> None:
+        self.throttles += 1
+
     def add_shard(self, stored_bytes: int) -> None:
         self.shards += 1
         self.stored_bytes += stored_bytes

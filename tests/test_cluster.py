@@ -25,7 +25,12 @@ from ddbpipe.progress import JobProgress
 from tests.conftest import unique_table_name
 from tests.exports import plain_items, read_local_export, scan_table, sorted_items
 from tests.test_import import export, table_items, write_loose
-from tests.test_read_budget import assert_kept, export_through_the_simulator, windows_of
+from tests.test_read_budget import (
+    assert_kept,
+    export_through_the_simulator,
+    kilobyte_items,
+    windows_of,
+)
 
 distributed = pytest.importorskip("distributed")
 
@@ -145,6 +150,25 @@ def test_max_rcu_holds_for_the_whole_cluster(
     windows = windows_of(per_second, busy)
     assert_kept(replace(windows, largest_call=2 * 1.5 * 10), max_rcu, exact=False)
     assert windows.average >= 0.9 * max_rcu, windows
+
+
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["one process", "cluster"])
+def test_an_exports_progress_counts_each_throttled_read(
+    tmp_path: Path, make_table: Callable[..., str], capacity_simulator: Any, dask_cluster: Any,
+    on_cluster: bool,
+) -> None:
+    # No --max-rcu on a table that takes 30 RCU/s: the Scan is throttled and retried.
+    table = make_table(kilobyte_items(400))
+    capacity_simulator.configure(table, wcu=10_000, rcu=30)
+    progress = JobProgress()
+    summary = ddbpipe.export_table(
+        table, str(tmp_path / "export"), page_size=10, segments=4,
+        endpoint_url=capacity_simulator.endpoint, progress=progress,
+        cluster=dask_cluster if on_cluster else None,
+    )
+    throttled = capacity_simulator.stats(table).throttled_reads
+    assert summary.items == 400 and throttled > 0
+    assert progress.throttles == throttled
 
 
 def test_a_worker_killed_mid_export_leaves_the_export_exact(
