@@ -47,6 +47,7 @@ from ddbpipe.thaw import ThawSummary, run_thaw
 from ddbpipe.verify_job import VerifyReport, run_verify
 from ddbpipe.version import VERSION
 
+from .ops import add_operations_commands
 from .output import (
     JobDisplay,
     export_detail,
@@ -511,6 +512,9 @@ def thaw(
         "they got (nothing is asked for twice)",
     )
     report(summary.to_dict(), json_output, thaw_outcome(summary))
+
+
+add_operations_commands(app)  # iam-policy (cli/ops.py)
 
 
 # --- running a job -----------------------------------------------------------------------------

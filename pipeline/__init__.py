@@ -19,7 +19,8 @@ The public API is what ``__all__`` lists; everything else is internal and may ch
 Each job takes its settings as keyword arguments or as one options object
 (``ExportOptions``, ``ImportOptions``; ``AwsOptions`` for where and as whom to call AWS).
 The ``*_async`` functions are the same jobs as coroutines, for callers that already run an
-event loop; they take the options objects.
+event loop; they take the options objects. ``iam_policy_for`` gives the least-privilege IAM
+policy a job needs (``ddbpipe iam-policy``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from .errors import (
 )
 from .export_job import ExportSummary
 from .export_job import run_export as _run_export
+from .iam_policy import iam_policy_for
 from .import_job import ImportSummary
 from .import_job import run_import as _run_import
 from .progress import JobProgress
@@ -102,6 +104,7 @@ __all__ = [
     "VerifyReport",
     "export_table",
     "export_table_async",
+    "iam_policy_for",
     "import_table",
     "import_table_async",
     "list_exports",

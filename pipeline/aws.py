@@ -14,7 +14,9 @@ Resolution follows the AWS CLI, the same for every service:
 Errors: ``ERROR_CODES`` is the one table from AWS error codes, of DynamoDB and S3 alike, to
 ddbpipe's error tree; where a reply has no code we know, its HTTP status decides.
 ``error_from_reply`` and ``error_from_exception`` build the one-line errors the user sees,
-naming the call (``AwsCall``) and what to do.
+naming the call (``AwsCall``) and what to do; access denied names the IAM action to grant
+from ``OPERATION_PERMISSIONS``, the one map from an API operation to its action (which
+``iam_policy`` builds policies from too).
 
 Logs: botocore logs each request at DEBUG with its headers, the session token and the
 signature among them. A filter on its loggers, added at import, blanks them, so a program
@@ -59,6 +61,7 @@ __all__ = [
     "ERROR_CODES",
     "EXPIRED_TOKEN_CODES",
     "NETWORK_ERRORS",
+    "OPERATION_PERMISSIONS",
     "AwsCall",
     "credentials",
     "default_dynamodb_endpoint",
@@ -145,14 +148,32 @@ _CREDENTIAL_SOURCE_ERRORS = (
     botocore.exceptions.TokenRetrievalError,
 )
 
-#: S3 API actions and the IAM permission each needs (other actions need their own name).
-_S3_PERMISSIONS = {
-    "CreateMultipartUpload": "PutObject",
-    "UploadPart": "PutObject",
-    "CompleteMultipartUpload": "PutObject",
-    "HeadObject": "GetObject",
-    "ListObjectsV2": "ListBucket",
-    "HeadBucket": "ListBucket",
+#: Every AWS API operation ddbpipe makes, and the IAM action that authorises it: what an
+#: access-denied message says to grant, and what ``iam_policy`` builds policies from (its
+#: recording test holds the jobs' real calls to it). An operation missing here is named as
+#: its own action.
+OPERATION_PERMISSIONS: dict[str, str] = {
+    "dynamodb:DescribeTable": "dynamodb:DescribeTable",
+    "dynamodb:DescribeTimeToLive": "dynamodb:DescribeTimeToLive",
+    "dynamodb:ListTagsOfResource": "dynamodb:ListTagsOfResource",
+    "dynamodb:Scan": "dynamodb:Scan",
+    "dynamodb:BatchWriteItem": "dynamodb:BatchWriteItem",
+    "dynamodb:CreateTable": "dynamodb:CreateTable",
+    "dynamodb:UpdateTable": "dynamodb:UpdateTable",
+    "dynamodb:UpdateTimeToLive": "dynamodb:UpdateTimeToLive",
+    # S3 authorises several operations by one action.
+    "s3:ListObjectsV2": "s3:ListBucket",
+    "s3:GetObjectLockConfiguration": "s3:GetBucketObjectLockConfiguration",
+    "s3:HeadObject": "s3:GetObject",
+    "s3:GetObject": "s3:GetObject",
+    "s3:PutObject": "s3:PutObject",
+    "s3:CreateMultipartUpload": "s3:PutObject",
+    "s3:UploadPart": "s3:PutObject",
+    "s3:CompleteMultipartUpload": "s3:PutObject",
+    "s3:AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "s3:DeleteObject": "s3:DeleteObject",
+    "s3:RestoreObject": "s3:RestoreObject",
+    "kms:GenerateDataKey": "kms:GenerateDataKey",
 }
 
 
@@ -266,10 +287,8 @@ class AwsCall:
     @property
     def permission(self) -> str:
         """The IAM permission this call needs."""
-        action = _S3_PERMISSIONS.get(self.action, self.action) if self.service == "s3" else (
-            self.action
-        )
-        return f"{self.service}:{action}"
+        operation = f"{self.service}:{self.action}"
+        return OPERATION_PERMISSIONS.get(operation, operation)
 
 
 def error_from_reply(call: AwsCall, status: int, code: str, message: str = "") -> DdbpipeError:

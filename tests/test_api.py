@@ -27,6 +27,7 @@ def test_public_api_is_what_all_lists() -> None:
     jobs = {"export_table", "import_table", "verify_export"}
     assert jobs | {f"{job}_async" for job in jobs} <= exported
     assert {"ExportOptions", "ImportOptions", "AwsOptions"} <= exported
+    assert "iam_policy_for" in exported  # ddbpipe iam-policy's policies, as a dict
 
 
 def test_version_is_the_installed_package_version() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, CredentialRetrievalError, EndpointConnectionError
 
-from ddbpipe import aws
+from ddbpipe import aws, iam_policy
 from ddbpipe.aws import AwsCall, error_from_exception, error_from_reply
 from ddbpipe.config import AwsOptions
 from ddbpipe.dynamo import DynamoClient
@@ -193,11 +193,21 @@ def test_messages_name_the_place_and_the_fix() -> None:
         (AwsCall("s3", "UploadPart", resource="bkt"), "s3:PutObject on bucket 'bkt'"),
         (AwsCall("s3", "HeadObject", resource="bkt"), "s3:GetObject on bucket 'bkt'"),
         (AwsCall("s3", "ListObjectsV2", resource="bkt"), "s3:ListBucket on bucket 'bkt'"),
+        (AwsCall("s3", "GetObjectLockConfiguration", resource="bkt"),
+         "s3:GetBucketObjectLockConfiguration on bucket 'bkt'"),
         (AwsCall("dynamodb", "BatchWriteItem", resource="t"), "dynamodb:BatchWriteItem;"),
     ],
 )
 def test_access_denied_names_the_permission_to_grant(call: AwsCall, permission: str) -> None:
     assert f"need {permission}" in str(error_from_reply(call, 403, "AccessDenied"))
+
+
+@pytest.mark.parametrize(("operation", "action"), sorted(aws.OPERATION_PERMISSIONS.items()))
+def test_access_denied_names_the_action_the_iam_policy_grants(operation: str, action: str) -> None:
+    assert iam_policy.OPERATION_PERMISSIONS is aws.OPERATION_PERMISSIONS  # one map for both
+    service, _, name = operation.partition(":")
+    denied = error_from_reply(AwsCall(service, name, resource="r"), 403, "AccessDenied")
+    assert f"need {action}" in str(denied)
 
 
 def test_botocore_client_errors_go_through_the_same_map() -> None:

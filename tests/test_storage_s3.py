@@ -194,6 +194,44 @@ def test_s3_read_of_an_empty_prefix_names_it(s3_bucket: str, s3_options: AwsOpti
     run(lambda: open_store(f"s3://{s3_bucket}/nothing/here/", s3_options), scenario)
 
 
+class CallRecordingClient(WrappedClient):
+    """Keeps the method name and parameters of every API call made through it."""
+
+    def __init__(self, client: Any, calls: list[tuple[str, dict[str, Any]]]) -> None:
+        super().__init__(client)
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        async def call(**params: Any) -> Any:
+            self.calls.append((name, params))
+            return await method(**params)
+
+        return call
+
+
+@pytest.mark.parametrize(
+    "ready_for", [{"for_write": True}, {"for_write": False, "may_be_empty": True},
+                  {"for_write": False}],
+    ids=["write", "read-may-be-empty", "read"])
+def test_s3_the_bucket_check_is_one_listing_held_to_the_prefix(
+    s3_options: AwsOptions, s3_bucket: str, ready_for: dict[str, bool]
+) -> None:
+    # A policy that holds listings to the prefix refuses HeadBucket (a listing of no prefix).
+    calls: list[tuple[str, dict[str, Any]]] = []
+    factory = wrapping(s3_options, lambda client: CallRecordingClient(client, calls))
+
+    async def scenario(store: ObjectStore) -> None:
+        await store.put_bytes("manifest.json", b"{}")  # something to read
+        calls.clear()
+        await store.ensure_ready(**ready_for)
+
+    endpoint = str(s3_options.s3_endpoint_url)
+    run(s3_store_factory(endpoint, s3_bucket, client_factory=factory), scenario)
+    assert calls == [("list_objects_v2", {"Bucket": s3_bucket, "Prefix": S3_PREFIX, "MaxKeys": 1})]
+
+
 # -- uploads ---------------------------------------------------------------------------------
 
 

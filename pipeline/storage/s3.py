@@ -147,10 +147,12 @@ class S3Store(ClosingStore):
         await self._exit_stack.aclose()
 
     async def ensure_ready(self, *, for_write: bool, may_be_empty: bool = False) -> None:
-        await self.request("HeadBucket", None)
+        # One listing held to the prefix checks the bucket (missing, refused, of another
+        # owner) and finds whether anything is there. Not HeadBucket: S3 authorises it as a
+        # listing without a prefix, which a policy held to the prefix must refuse.
+        page = await self.request("ListObjectsV2", None, Prefix=self.prefix, MaxKeys=1)
         if for_write or may_be_empty:
             return
-        page = await self.request("ListObjectsV2", None, Prefix=self.prefix, MaxKeys=1)
         if not page.get("KeyCount"):
             raise StorageError(f"nothing at {self.url}: no objects under this prefix; check SOURCE")
 

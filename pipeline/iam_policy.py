@@ -1,0 +1,452 @@
+"""The least-privilege IAM policy of each job: what ``ddbpipe iam-policy JOB`` prints.
+
+A job is described here by the AWS API operations it makes (``_Uses``: operations, for one
+purpose, on some resources), found by reading the jobs; the IAM actions of the policy are
+derived from them through ``OPERATION_PERMISSIONS`` (``aws``'s one map from an API operation
+to the IAM action that authorises it, which access-denied messages use too),
+``PARAMETER_PERMISSIONS`` (request parameters that need a second action, e.g. a PutObject
+that tags the object) and ``KMS_USE_BY_S3`` (what S3 asks KMS for, with the caller's
+permissions, on an object under an SSE-KMS key). The recording
+test (tests/test_iam_policy.py) runs every job against DynamoDB Local and moto, records the
+operations really made, maps them through the same tables and checks the policy allows
+exactly those: the tables are shared, what each job calls is not.
+
+Options that change what a job calls are options here too (``--create-table``, ``--resume``,
+the archive options that need their own permission); the policy of a job is the union of
+what it may call with them. Region and account (for the ARNs) are asked of STS
+(GetCallerIdentity, which needs no permission) and the session only when not given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import botocore.exceptions
+import botocore.session
+
+from . import aws
+from .aws import OPERATION_PERMISSIONS
+from .config import AwsOptions
+from .errors import ConfigError
+from .manifest import AWS_SUMMARY_KEY, DATA_PREFIX, MANIFEST_KEY, STATE_KEY, STATE_PREFIX
+
+__all__ = [
+    "JOBS",
+    "KMS_USE_BY_S3",
+    "OPERATION_PERMISSIONS",
+    "PARAMETER_PERMISSIONS",
+    "POLICY_VERSION",
+    "Job",
+    "iam_policy_for",
+]
+
+Job = Literal["export", "import", "verify", "thaw", "ls"]
+JOBS: tuple[Job, ...] = ("export", "import", "verify", "thaw", "ls")
+#: The current IAM policy language.
+POLICY_VERSION = "2012-10-17"
+
+#: Request parameters that make an operation need a second action, on the same resource.
+PARAMETER_PERMISSIONS: dict[tuple[str, str], str] = {
+    **{
+        (operation, parameter): action
+        for operation in ("s3:PutObject", "s3:CreateMultipartUpload")
+        for parameter, action in (
+            ("ObjectLockMode", "s3:PutObjectRetention"),
+            ("ObjectLockRetainUntilDate", "s3:PutObjectRetention"),
+            ("ObjectLockLegalHoldStatus", "s3:PutObjectLegalHold"),
+            ("Tagging", "s3:PutObjectTagging"),
+        )
+    },
+    # A table created with tags is tagged with the caller's permission.
+    ("dynamodb:CreateTable", "Tags"): "dynamodb:TagResource",
+}
+
+#: What S3 asks KMS for, as the caller, when the object is under an SSE-KMS key: a data key
+#: to encrypt a new object, the key's decryption to read one or to join a multipart
+#: upload's parts. HeadObject reads no data and needs nothing of KMS.
+KMS_USE_BY_S3: dict[str, str] = {
+    "s3:PutObject": "kms:GenerateDataKey",
+    "s3:CreateMultipartUpload": "kms:GenerateDataKey",
+    "s3:CompleteMultipartUpload": "kms:Decrypt",
+    "s3:GetObject": "kms:Decrypt",
+}
+
+_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+_TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_KMS_KEY_ARN = re.compile(r"arn:aws(-cn|-us-gov)?:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
+#: What IAM reads as a wildcard or a variable, other than the '*' a prefix may hold on purpose.
+_POLICY_SPECIALS = ("?", "${")
+
+
+@dataclass(frozen=True)
+class _Uses:
+    """Operations a job makes for one purpose (the statement's Sid) on ``resources``."""
+
+    purpose: str
+    operations: tuple[str, ...]
+    resources: tuple[str, ...]
+    #: Request parameters these operations send that need their own action.
+    parameters: tuple[str, ...] = ()
+    condition: dict[str, Any] = field(default_factory=dict)
+
+    def actions(self) -> list[str]:
+        found = {OPERATION_PERMISSIONS[operation] for operation in self.operations}
+        found |= {
+            PARAMETER_PERMISSIONS[(operation, parameter)]
+            for operation in self.operations for parameter in self.parameters
+            if (operation, parameter) in PARAMETER_PERMISSIONS
+        }
+        return sorted(found)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Request:
+    """What the policy is for, checked."""
+
+    job: Job
+    table: str | None
+    bucket: str | None
+    prefix: str
+    kms_key_arn: str | None
+    create_table: bool
+    without_indexes: bool
+    resume: bool
+    object_lock: bool
+    legal_hold: bool
+    tags: bool
+
+
+@dataclass(frozen=True)
+class _Arns:
+    """The ARNs of the request's resources, in the partition of its region."""
+
+    request: _Request
+    region: str
+    account: str
+
+    @property
+    def partition(self) -> str:
+        if self.region.startswith("cn-"):
+            return "aws-cn"
+        return "aws-us-gov" if self.region.startswith("us-gov-") else "aws"
+
+    def table(self) -> str:
+        return f"arn:{self.partition}:dynamodb:{self.region}:{self.account}:table/" + (
+            self.request.table or ""
+        )
+
+    def bucket(self) -> str:
+        return f"arn:{self.partition}:s3:::{self.request.bucket}"
+
+    def objects(self, under: str = "") -> str:
+        """The objects under the prefix (and ``under`` it, e.g. "data/")."""
+        return self.object(f"{under}*")
+
+    def object(self, key: str) -> str:
+        """The object (or key pattern) ``key`` under the prefix."""
+        return f"{self.bucket()}/{self.request.prefix}{key}"
+
+
+def iam_policy_for(
+    job: str,
+    *,
+    table: str | None = None,
+    bucket: str | None = None,
+    prefix: str = "",
+    kms_key_arn: str | None = None,
+    create_table: bool = False,
+    without_indexes: bool = False,
+    resume: bool = False,
+    object_lock: bool = False,
+    legal_hold: bool = False,
+    tags: bool = False,
+    region: str | None = None,
+    account: str | None = None,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """The least-privilege IAM policy document (Version 2012-10-17) of ``job``: "export",
+    "import", "verify" (``table``: its restore drill's ``against_table``), "thaw" or "ls".
+
+    ``bucket``/``prefix`` is the job's ``s3://bucket/prefix`` (no bucket: a local directory,
+    and no S3 statements); a '*' in ``prefix`` stands for any characters, so "orders/*" is
+    every location below orders/. ``kms_key_arn`` is the key of ``--sse-kms-key-id``.
+
+    The export's ``resume`` (continuing a killed run, which also deletes the shards it left
+    unrecorded), ``object_lock`` (retention), ``legal_hold`` and ``tags``, and the import's
+    ``create_table`` and ``without_indexes``, add what those options call. ARNs name
+    ``region`` and ``account``; each missing one is the session's (``profile``), the account
+    asked of STS. Bad input raises a one-line ``ConfigError`` before anything is called.
+    """
+    if job not in JOBS:
+        raise ConfigError(f"unknown job {job!r}: use one of {', '.join(JOBS)}")
+    request = _Request(
+        job=cast(Job, job), table=_checked_table(table), bucket=_checked_bucket(bucket),
+        prefix=_checked_prefix(prefix), kms_key_arn=_checked_key(kms_key_arn),
+        create_table=create_table, without_indexes=without_indexes, resume=resume,
+        object_lock=object_lock, legal_hold=legal_hold, tags=tags,
+    )
+    _check_applies(request)
+    found_region, found_account = _region_and_account(region, account, profile)
+    arns = _Arns(request, found_region, found_account)
+    uses = [*_table_uses(arns), *_bucket_uses(arns)]
+    statements = [_statement(use) for use in uses] + _kms_statements(request, uses)
+    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+# --- what each job calls -----------------------------------------------------------------------
+
+
+def _table_uses(arns: _Arns) -> list[_Uses]:
+    request, table = arns.request, (arns.table(),)
+    if request.table is None:
+        return []
+    if request.job == "export":
+        return [_Uses("ReadTheTable", ("dynamodb:DescribeTable", "dynamodb:DescribeTimeToLive",
+                                       "dynamodb:ListTagsOfResource", "dynamodb:Scan"), table)]
+    if request.job == "verify":
+        return [_Uses("ScanTheTableForTheDrill", ("dynamodb:DescribeTable", "dynamodb:Scan"),
+                      table)]
+    writes = _Uses("WriteTheTable", ("dynamodb:DescribeTable", "dynamodb:BatchWriteItem"), table)
+    if not request.create_table:
+        return [writes]
+    create = _Uses("CreateTheTable", ("dynamodb:CreateTable", "dynamodb:UpdateTimeToLive"),
+                   table, parameters=("Tags",))
+    if request.without_indexes:
+        return [writes, create]
+    indexes = (*table, f"{table[0]}/index/*")
+    return [writes, create, _Uses("AddTheIndexes", ("dynamodb:UpdateTable",), indexes)]
+
+
+def _bucket_uses(arns: _Arns) -> list[_Uses]:
+    request = arns.request
+    if request.bucket is None:
+        return []
+    listing = _Uses("ListThePrefix", ("s3:ListObjectsV2",), (arns.bucket(),),
+                    condition=_prefix_condition(request.prefix))
+    return [listing, *_OBJECT_USES[request.job](arns)]
+
+
+def _prefix_condition(prefix: str) -> dict[str, Any]:
+    """Every listing names a prefix under the job's; one that names none (the whole bucket,
+    or HeadBucket, which S3 authorises as such a listing) is refused. The jobs check their
+    bucket with a listing of their prefix for that reason."""
+    if not prefix:
+        return {}
+    return {"StringLike": {"s3:prefix": [f"{prefix}*"]}}
+
+
+def _export_objects(arns: _Arns) -> list[_Uses]:
+    request = arns.request
+    # A resume reads the saved state; a plain run only asks whether it is there.
+    reads = ("s3:HeadObject", "s3:GetObject") if request.resume else ("s3:HeadObject",)
+    writes = ("s3:PutObject", "s3:CreateMultipartUpload", "s3:UploadPart",
+              "s3:CompleteMultipartUpload")
+    uses = [_Uses("WriteTheExport", reads + writes, (arns.objects(),),
+                  parameters=_archive_parameters(request)),
+            # Only shards are big enough for a multipart upload; a failed one is aborted.
+            _Uses("AbortFailedShardUploads", ("s3:AbortMultipartUpload",),
+                  (arns.objects(DATA_PREFIX),))]
+    removed = (arns.objects(STATE_PREFIX),) + (
+        # Shards a killed run stored but never recorded, found and removed by the resume.
+        (arns.objects(DATA_PREFIX),) if request.resume else ()
+    )
+    uses.append(_Uses("RemoveTheExportState", ("s3:DeleteObject",), removed))
+    if request.object_lock or request.legal_hold:
+        uses.append(_Uses("CheckObjectLockIsOn", ("s3:GetObjectLockConfiguration",),
+                          (arns.bucket(),)))
+    return uses
+
+
+def _archive_parameters(request: _Request) -> tuple[str, ...]:
+    """The object-creating parameters of the export's archive options that need an action."""
+    given = (
+        (request.object_lock, ("ObjectLockMode", "ObjectLockRetainUntilDate")),
+        (request.legal_hold, ("ObjectLockLegalHoldStatus",)),
+        (request.tags, ("Tagging",)),
+    )
+    return tuple(parameter for asked, parameters in given if asked for parameter in parameters)
+
+
+def _import_objects(arns: _Arns) -> list[_Uses]:
+    return [_Uses("ReadTheSource", ("s3:HeadObject", "s3:GetObject"), (arns.objects(),))]
+
+
+def _verify_objects(arns: _Arns) -> list[_Uses]:
+    return [_Uses("ReadTheExport", ("s3:HeadObject", "s3:GetObject"), (arns.objects(),))]
+
+
+def _thaw_objects(arns: _Arns) -> list[_Uses]:
+    return [_Uses("ReadTheManifest", ("s3:HeadObject", "s3:GetObject"), (arns.objects(),)),
+            _Uses("RestoreTheShards", ("s3:RestoreObject",), (arns.objects(DATA_PREFIX),))]
+
+
+def _ls_objects(arns: _Arns) -> list[_Uses]:
+    # Only the manifests are read, of exports at the prefix or anywhere below it.
+    manifests = (MANIFEST_KEY, STATE_KEY, AWS_SUMMARY_KEY)
+    keys = [arns.object(name) for name in manifests]
+    keys += [arns.object(f"*/{name}") for name in manifests]
+    return [_Uses("ReadTheManifests", ("s3:GetObject",), tuple(keys))]
+
+
+_OBJECT_USES = {"export": _export_objects, "import": _import_objects, "verify": _verify_objects,
+                "thaw": _thaw_objects, "ls": _ls_objects}
+
+
+# --- the statements ----------------------------------------------------------------------------
+
+
+def _statement(use: _Uses) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Sid": use.purpose, "Effect": "Allow", "Action": use.actions(),
+                                 "Resource": list(use.resources)}
+    if use.condition:
+        statement["Condition"] = use.condition
+    return statement
+
+
+def _kms_statements(request: _Request, uses: Iterable[_Uses]) -> list[dict[str, Any]]:
+    """The key's use: what S3 asks KMS for on the job's objects, and the export's own check
+    that the key can encrypt (GenerateDataKey, as S3 will)."""
+    if request.kms_key_arn is None:
+        return []
+    operations = {operation for use in uses for operation in use.operations}
+    actions = {KMS_USE_BY_S3[operation] for operation in operations & KMS_USE_BY_S3.keys()}
+    if request.job == "export":
+        actions.add(OPERATION_PERMISSIONS["kms:GenerateDataKey"])
+    purpose = "EncryptWithTheKey" if "kms:GenerateDataKey" in actions else "DecryptWithTheKey"
+    return [{"Sid": purpose, "Effect": "Allow", "Action": sorted(actions),
+             "Resource": [request.kms_key_arn]}]
+
+
+# --- checking what was asked -------------------------------------------------------------------
+
+
+#: The options that apply to some jobs only, as the command names them.
+_FLAGS = {"create_table": "--create-table", "without_indexes": "--without-indexes",
+          "resume": "--resume", "object_lock": "--object-lock", "legal_hold": "--legal-hold",
+          "tags": "--tags"}
+_JOB_FLAGS: dict[Job, tuple[str, ...]] = {
+    "export": ("resume", "object_lock", "legal_hold", "tags"),
+    "import": ("create_table", "without_indexes"),
+    "verify": (), "thaw": (), "ls": (),
+}
+_S3_ONLY = {"kms_key_arn": "--kms-key-arn", "object_lock": "--object-lock",
+            "legal_hold": "--legal-hold", "tags": "--tags"}
+
+
+def _check_applies(request: _Request) -> None:
+    job = request.job
+    for name, flag in _FLAGS.items():
+        if getattr(request, name) and name not in _JOB_FLAGS[job]:
+            raise ConfigError(f"{flag} does not change what {job} calls: drop it")
+    if request.without_indexes and not request.create_table:
+        raise ConfigError("--without-indexes goes with --create-table")
+    if job in ("export", "import") and request.table is None:
+        raise ConfigError(f"{job} needs --table: the table it {_READS_OR_WRITES[job]}")
+    if job in ("thaw", "ls") and request.table is not None:
+        raise ConfigError(f"{job} calls no DynamoDB table: drop --table")
+    if request.bucket is None:
+        _check_local(request)
+
+
+_READS_OR_WRITES = {"export": "reads", "import": "writes"}
+
+
+def _check_local(request: _Request) -> None:
+    """Without a bucket the job's location is a local directory."""
+    if request.prefix:
+        raise ConfigError("--prefix goes with --bucket: give the bucket of s3://bucket/prefix")
+    given = [flag for name, flag in _S3_ONLY.items() if getattr(request, name)]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to S3 only: give --bucket, or drop "
+                          f"{'it' if len(given) == 1 else 'them'} for a local directory")
+    if request.job == "thaw":
+        raise ConfigError("thaw works on S3 only: give --bucket (and --prefix) of the export")
+    if request.job == "ls" or (request.job == "verify" and request.table is None):
+        raise ConfigError(f"{request.job} of a local directory calls no AWS API, so it needs "
+                          "no policy: give --bucket for an S3 location")
+
+
+def _checked_table(table: str | None) -> str | None:
+    if table is None:
+        return None
+    if not table.strip():
+        raise ConfigError("--table is empty: give the table's name")
+    if not _TABLE.fullmatch(table):
+        raise ConfigError(f"--table {table!r} is not a DynamoDB table name: 3-255 letters, "
+                          "digits, '_', '-' or '.'")
+    return table
+
+
+def _checked_bucket(bucket: str | None) -> str | None:
+    if bucket is None:
+        return None
+    if bucket.startswith("s3://"):
+        raise ConfigError(f"--bucket {bucket!r}: give the bucket's name alone and the rest as "
+                          "--prefix (s3://archive/orders: --bucket archive --prefix orders)")
+    if not _BUCKET.fullmatch(bucket):
+        raise ConfigError(f"--bucket {bucket!r} is not an S3 bucket name: give the name alone "
+                          "(letters, digits, '.', '-' or '_')")
+    return bucket
+
+
+def _checked_prefix(prefix: str) -> str:
+    """"" or ending in '/', as the jobs take s3://bucket/prefix. A '*' stands for any run of
+    characters, as IAM reads it: orders/* is every location below orders/ (dated exports)."""
+    special = next((text for text in _POLICY_SPECIALS if text in prefix), None)
+    if special is not None:
+        raise ConfigError(f"--prefix {prefix!r} holds {special!r}, which IAM reads as a "
+                          "wildcard or variable: use '*' for any run of characters")
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def _checked_key(arn: str | None) -> str | None:
+    if arn is not None and not _KMS_KEY_ARN.fullmatch(arn):
+        raise ConfigError(f"--kms-key-arn {arn!r} is not a KMS key ARN: give "
+                          "arn:aws:kms:REGION:ACCOUNT:key/KEY-ID (IAM checks the key, not an "
+                          "alias)")
+    return arn
+
+
+# --- region and account ------------------------------------------------------------------------
+
+
+def _region_and_account(
+    region: str | None, account: str | None, profile: str | None
+) -> tuple[str, str]:
+    """As given; what is missing from the session (and STS), nothing called when given."""
+    if region is not None:
+        _check_region(region)
+    if account is not None and not _ACCOUNT.fullmatch(account):
+        raise ConfigError(f"--account {account!r} is not a 12-digit AWS account id")
+    if region is not None and account is not None:
+        return region, account
+    options = AwsOptions(region=region, profile=profile)
+    session = aws.session(options, botocore.session.Session)
+    found_region = aws.region(options, session)
+    _check_region(found_region)
+    return found_region, account or _caller_account(session, found_region)
+
+
+def _check_region(region: str) -> None:
+    if not _REGION.fullmatch(region):
+        raise ConfigError(f"--region {region!r} is not an AWS region name such as us-east-1")
+
+
+def _caller_account(session: botocore.session.Session, region: str) -> str:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL")
+    call = aws.AwsCall("sts", "GetCallerIdentity", region=region)
+    try:
+        sts = session.create_client("sts", region_name=region, endpoint_url=endpoint)
+        return str(sts.get_caller_identity()["Account"])
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError,
+            *aws.NETWORK_ERRORS) as error:
+        reason = aws.error_from_exception(call, error, endpoint or "AWS STS")
+        raise ConfigError(
+            f"cannot tell the AWS account for the policy's ARNs ({reason}): pass --account"
+        ) from error
