@@ -48,6 +48,14 @@ from ddbpipe.verify_job import VerifyReport, run_verify
 from ddbpipe.version import VERSION
 
 from .ops import add_operations_commands
+from .options import (
+    EndpointUrl,
+    ExpectedBucketOwner,
+    JsonOutput,
+    Profile,
+    Region,
+    S3EndpointUrl,
+)
 from .output import (
     JobDisplay,
     export_detail,
@@ -106,29 +114,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Region = Annotated[str | None, typer.Option(help="AWS region (default: AWS_REGION or profile).")]
-Profile = Annotated[str | None, typer.Option(help="Named AWS profile (default: AWS_PROFILE).")]
-EndpointUrl = Annotated[
-    str | None,
-    typer.Option(help="DynamoDB endpoint, e.g. http://localhost:8000 for DynamoDB Local."),
-]
-S3EndpointUrl = Annotated[
-    str | None, typer.Option(help="S3 endpoint for s3:// paths (MinIO, moto, ...).")
-]
 ClusterOption = Annotated[
     str | None,
     typer.Option(
         help="Run on a Dask cluster: local:N starts N worker processes here (every core), "
         "tcp://host:8786 uses a running scheduler. Capacity limits hold for the whole "
         "cluster. Needs the dask extra; see docs/SCALING.md.", metavar="CLUSTER"),
-]
-JsonOutput = Annotated[
-    bool, typer.Option("--json", help="Print one JSON summary object on stdout at the end.")
-]
-ExpectedBucketOwner = Annotated[
-    str | None,
-    typer.Option(help="AWS account id that must own the S3 bucket: every S3 call says so, and "
-                 "S3 refuses (403) a bucket that changed hands.", metavar="ACCOUNT"),
 ]
 
 #: The export's S3 archive options, shown together in --help.
@@ -514,7 +505,7 @@ def thaw(
     report(summary.to_dict(), json_output, thaw_outcome(summary))
 
 
-add_operations_commands(app)  # iam-policy (cli/ops.py)
+add_operations_commands(app)  # iam-policy, plan (cli/ops.py)
 
 
 # --- running a job -----------------------------------------------------------------------------

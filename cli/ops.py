@@ -1,4 +1,5 @@
-"""The operations commands of ``ddbpipe``: what it takes to run a job (``iam-policy``).
+"""The operations commands of ``ddbpipe``: what it takes to run a job (``iam-policy``), and
+what a job will consume and cost before it runs (``plan export``, ``plan import``).
 
 ``add_operations_commands`` registers them on the one typer app of ``main.py``. This module
 does not import ``main.py``: run as ``python -m ddbpipe.cli.main``, that file is
@@ -14,9 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
+from ddbpipe.config import AwsOptions
 from ddbpipe.iam_policy import JOBS, iam_policy_for
+from ddbpipe.plan import ExportChoices, JobPlan, run_plan_export, run_plan_import
 
-from .output import run_job
+from .options import EndpointUrl, ExpectedBucketOwner, JsonOutput, Profile, Region, S3EndpointUrl
+from .output import mb, print_columns, run_job
 
 #: The options of iam-policy that mirror a job's own, shown together in --help.
 JOB_OPTIONS = "Options of the job that change what it calls"
@@ -25,6 +29,13 @@ JOB_OPTIONS = "Options of the job that change what it calls"
 def add_operations_commands(app: typer.Typer) -> None:
     """Register the operations commands on ``app``."""
     app.command(name="iam-policy")(iam_policy)
+    plans = typer.Typer(
+        help="What a job will consume and cost, and how long it will take, before it runs.",
+        no_args_is_help=True,
+    )
+    plans.command(name="export")(plan_export)
+    plans.command(name="import")(plan_import)
+    app.add_typer(plans, name="plan")
 
 
 def _job_option(help: str, *names: str) -> Any:
@@ -91,3 +102,136 @@ def iam_policy(
     # STS, when it is asked, is called in a thread; errors are one line, as every command's.
     policy = run_job(lambda: asyncio.to_thread(generate), lambda: None, interrupted_hint="")
     print(json.dumps(policy, indent=2))
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+Prices = Annotated[str | None, typer.Option(
+    help="A JSON file of prices, per region, replacing the built-in ones (which are dated and "
+    "cover a few regions); docs/OPERATIONS.md shows its shape.", metavar="FILE")]
+
+
+def plan_export(
+    table: Annotated[str, typer.Argument(help="The DynamoDB table to export.")],
+    max_rcu: Annotated[float | None, typer.Option(
+        help="The export's cap on read capacity per second: the time is worked out at it "
+        "(default: the table's provisioned capacity, or on-demand's).")] = None,
+    consistent_read: Annotated[bool, typer.Option(
+        "--consistent-read", help="Strongly consistent reads (twice the RCU).")] = False,
+    format: Annotated[str, typer.Option(
+        "--format", help="ndjson or parquet: what the stored size is measured in.")] = "ndjson",
+    compression: Annotated[str, typer.Option(
+        help="NDJSON compression: zstd, gzip or none.")] = "zstd",
+    storage_class: Annotated[str, typer.Option(
+        help="The S3 storage class the shards' monthly cost is priced at (as export's "
+        "--storage-class).", metavar="CLASS")] = "STANDARD",
+    prices: Prices = None,
+    json_output: JsonOutput = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """What exporting TABLE will read, store and cost, and how long it takes, before it runs.
+
+    Reads DescribeTable, a short sample Scan and the table's point-in-time recovery; writes
+    nothing. Example: ddbpipe plan export orders --max-rcu 500 --storage-class DEEP_ARCHIVE
+    """
+    def plan_it() -> Any:
+        choices = ExportChoices(max_rcu=max_rcu, consistent_read=consistent_read,
+                                format=format, compression=compression,
+                                storage_class=storage_class)
+        aws = AwsOptions(region=region, profile=profile, endpoint_url=endpoint_url)
+        return run_plan_export(table, choices, prices=prices, aws=aws)
+
+    print_plan(run_job(plan_it, lambda: None, interrupted_hint=""), json_output)
+
+
+def plan_import(
+    source: Annotated[str, typer.Argument(
+        help="A ddbpipe export, an AWS export or a folder of NDJSON files; local or "
+        "s3://bucket/prefix.")],
+    table: Annotated[str | None, typer.Option(
+        help="The table the import writes into; its capacity sets the time (default: none, "
+        "an on-demand table is assumed).", metavar="TABLE")] = None,
+    target_wcu: Annotated[float | None, typer.Option(
+        help="The import's write rate: the time is worked out at it (default: the table's "
+        "provisioned WCU, or 4000 on-demand).")] = None,
+    create_table: Annotated[bool, typer.Option(
+        "--create-table", help="The import creates the table from the export's saved schema "
+        "(its GSIs are added after the load).")] = False,
+    without_indexes: Annotated[bool, typer.Option(
+        "--without-indexes", help="With --create-table: no GSIs.")] = False,
+    prices: Prices = None,
+    json_output: JsonOutput = False,
+    expected_bucket_owner: ExpectedBucketOwner = None,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+    s3_endpoint_url: S3EndpointUrl = None,
+) -> None:
+    """What importing SOURCE will write and cost, and how long it takes, before it runs.
+
+    Reads the source's manifests, the first items of a few of its files and the table;
+    writes nothing. Example: ddbpipe plan import s3://archive/orders/2026-11 --table
+    orders-copy --create-table
+    """
+    def plan_it() -> Any:
+        aws = AwsOptions(region=region, profile=profile, endpoint_url=endpoint_url,
+                         s3_endpoint_url=s3_endpoint_url,
+                         expected_bucket_owner=expected_bucket_owner)
+        return run_plan_import(source, table=table, target_wcu=target_wcu,
+                               create_table=create_table, without_indexes=without_indexes,
+                               prices=prices, aws=aws)
+
+    print_plan(run_job(plan_it, lambda: None, interrupted_hint=""), json_output)
+
+
+def print_plan(plan: JobPlan, json_output: bool) -> None:
+    """One JSON object, or a few aligned lines, on stdout."""
+    if json_output:
+        print(json.dumps(plan.to_dict()))
+    else:
+        print_columns(plan_rows(plan))
+
+
+def plan_rows(plan: JobPlan) -> list[tuple[str, ...]]:
+    unit, cost, used = plan.capacity_unit, plan.cost, plan.prices
+    stored = f"; about {mb(plan.stored_bytes)} stored" if plan.stored_bytes is not None else ""
+    storage = (f"; S3 {cost['storage_class']} {_usd(cost['storage_per_month'])} a month"
+               if "storage_per_month" in cost else "")
+    rows: list[tuple[str, ...]] = [
+        ("job", f"{plan.job} {plan.table or '(no table given)'} in {plan.region}"),
+        ("items", f"{plan.items:,} ({plan.figures})"),
+        ("bytes", f"{mb(plan.bytes)} of items{stored}"),
+        ("capacity", f"{plan.capacity_units:,.1f} {unit} ({plan.capacity_note})"),
+        ("rate", f"{plan.rate:,.0f} {unit}/s ({plan.rate_source})"),
+        ("time", f"{_duration(plan.seconds)} at that rate"),
+        ("cost", f"on-demand {_usd(cost['on_demand'])}; provisioned "
+                 f"{_usd(cost['provisioned'])} ({cost['provisioned_basis']}){storage}"),
+        ("pitr", _pitr(plan.pitr)),
+        ("prices", f"{used['source']} prices for {used['region']}, taken {used['date']}; "
+                   "prices change: check AWS's pricing pages, or pass --prices FILE"),
+    ]
+    rows += [("index", f"{index['name']} ({index['kind']}): {index['items']:,} items, "
+                       f"{index['capacity_units']:,.1f} WCU "
+                       f"{'during the load' if index['during_load'] else 'after the load'}")
+             for index in plan.indexes]
+    return rows + [("note", note) for note in plan.notes] + [
+        ("warning", warning) for warning in plan.warnings]
+
+
+def _pitr(pitr: dict[str, Any]) -> str:
+    window = (f", restorable from {pitr['earliest_restorable']} to {pitr['latest_restorable']}"
+              if pitr["earliest_restorable"] else "")
+    return f"{pitr['status']}{window}; {pitr['window']}"
+
+
+def _usd(amount: float) -> str:
+    return "under $0.01" if 0 < amount < 0.01 else f"${amount:,.2f}"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:,.1f} s" if seconds >= 0.1 else f"{seconds:.3f} s"

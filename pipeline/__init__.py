@@ -20,7 +20,8 @@ Each job takes its settings as keyword arguments or as one options object
 (``ExportOptions``, ``ImportOptions``; ``AwsOptions`` for where and as whom to call AWS).
 The ``*_async`` functions are the same jobs as coroutines, for callers that already run an
 event loop; they take the options objects. ``iam_policy_for`` gives the least-privilege IAM
-policy a job needs (``ddbpipe iam-policy``).
+policy a job needs (``ddbpipe iam-policy``); ``plan_export`` and ``plan_import`` what a job
+will consume and cost before it runs (``ddbpipe plan``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ from .export_job import run_export as _run_export
 from .iam_policy import iam_policy_for
 from .import_job import ImportSummary
 from .import_job import run_import as _run_import
+from .plan import ExportChoices as _ExportChoices
+from .plan import JobPlan
+from .plan import run_plan_export as _run_plan_export
+from .plan import run_plan_import as _run_plan_import
 from .progress import JobProgress
 from .thaw import DEFAULT_RESTORE_DAYS as _RESTORE_DAYS
 from .thaw import DEFAULT_RESTORE_TIER as _RESTORE_TIER
@@ -89,6 +94,7 @@ __all__ = [
     "FrozenDataError",
     "ImportOptions",
     "ImportSummary",
+    "JobPlan",
     "JobProgress",
     "ListedExport",
     "ResumeError",
@@ -109,6 +115,10 @@ __all__ = [
     "import_table_async",
     "list_exports",
     "list_exports_async",
+    "plan_export",
+    "plan_export_async",
+    "plan_import",
+    "plan_import_async",
     "thaw_export",
     "thaw_export_async",
     "verify_export",
@@ -173,6 +183,39 @@ async def thaw_export_async(
     """``thaw_export`` as a coroutine, for a caller inside a running event loop."""
     return await _run_thaw(source, days=days, tier=tier, wait=wait, aws=aws,
                            on_progress=on_progress)
+
+
+async def plan_export_async(
+    table: str,
+    *,
+    max_rcu: float | None = None,
+    consistent_read: bool = False,
+    format: _Format = "ndjson",
+    compression: _Compression = "zstd",
+    storage_class: str = "STANDARD",
+    prices: str | None = None,
+    aws: AwsOptions | None = None,
+) -> JobPlan:
+    """``plan_export`` as a coroutine, for a caller inside a running event loop."""
+    choices = _ExportChoices(max_rcu=max_rcu, consistent_read=consistent_read, format=format,
+                             compression=compression, storage_class=storage_class)
+    return await _run_plan_export(table, choices, prices=prices, aws=aws)
+
+
+async def plan_import_async(
+    source: str,
+    *,
+    table: str | None = None,
+    target_wcu: float | None = None,
+    create_table: bool = False,
+    without_indexes: bool = False,
+    prices: str | None = None,
+    aws: AwsOptions | None = None,
+) -> JobPlan:
+    """``plan_import`` as a coroutine, for a caller inside a running event loop."""
+    return await _run_plan_import(source, table=table, target_wcu=target_wcu,
+                                  create_table=create_table, without_indexes=without_indexes,
+                                  prices=prices, aws=aws)
 
 
 # --- sync: each job to its end ------------------------------------------------------------------
@@ -362,6 +405,64 @@ def thaw_export(
     options = _aws_options(aws, region, profile, None, s3_endpoint_url)
     return _asyncio.run(thaw_export_async(source, days=days, tier=tier, wait=wait,
                                           aws=options, on_progress=on_progress))
+
+
+def plan_export(
+    table: str,
+    *,
+    max_rcu: float | None = None,
+    consistent_read: bool = False,
+    format: _Format = "ndjson",
+    compression: _Compression = "zstd",
+    storage_class: str = "STANDARD",
+    prices: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    aws: AwsOptions | None = None,
+) -> JobPlan:
+    """What exporting ``table`` with these settings will read, store and cost, and how long
+    it takes, before it runs (``ddbpipe plan export``).
+
+    Reads DescribeTable, a short sample Scan (within ``max_rcu``) and the table's
+    point-in-time recovery. ``prices``: a JSON file of prices replacing the built-in ones
+    (docs/OPERATIONS.md); a region they do not cover raises ``ConfigError``.
+    ``plan.to_dict()`` is the ``--json`` output.
+    """
+    options = _aws_options(aws, region, profile, endpoint_url, None)
+    return _asyncio.run(plan_export_async(
+        table, max_rcu=max_rcu, consistent_read=consistent_read, format=format,
+        compression=compression, storage_class=storage_class, prices=prices, aws=options,
+    ))
+
+
+def plan_import(
+    source: str,
+    *,
+    table: str | None = None,
+    target_wcu: float | None = None,
+    create_table: bool = False,
+    without_indexes: bool = False,
+    prices: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    s3_endpoint_url: str | None = None,
+    aws: AwsOptions | None = None,
+) -> JobPlan:
+    """What importing ``source`` into ``table`` will write and cost, and how long it takes,
+    before it runs (``ddbpipe plan import``).
+
+    Reads the source's manifests and the first items of a few of its files, and the table
+    (or, with ``create_table``, the export's saved schema; without a table, an on-demand
+    one is assumed). Write units count each item's 1 KB rounding and the index writes.
+    ``prices`` as for ``plan_export``.
+    """
+    options = _aws_options(aws, region, profile, endpoint_url, s3_endpoint_url)
+    return _asyncio.run(plan_import_async(
+        source, table=table, target_wcu=target_wcu, create_table=create_table,
+        without_indexes=without_indexes, prices=prices, aws=options,
+    ))
 
 
 def _aws_options(

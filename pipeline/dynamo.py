@@ -264,6 +264,13 @@ class DynamoClient:
             _log_missing_metadata("tags", table_arn, error)
             return None
 
+    async def describe_continuous_backups(self, table: str) -> dict[str, Any]:
+        """The table's ContinuousBackupsDescription (point-in-time recovery)."""
+        reply = await self.call("DescribeContinuousBackups", {"TableName": table},
+                                resource=table)
+        description: dict[str, Any] = reply.get("ContinuousBackupsDescription") or {}
+        return description
+
     async def scan_page(
         self,
         table: str,

@@ -28,6 +28,8 @@ def test_public_api_is_what_all_lists() -> None:
     assert jobs | {f"{job}_async" for job in jobs} <= exported
     assert {"ExportOptions", "ImportOptions", "AwsOptions"} <= exported
     assert "iam_policy_for" in exported  # ddbpipe iam-policy's policies, as a dict
+    plans = {"plan_export", "plan_import"}  # ddbpipe plan, as JobPlan objects
+    assert plans | {f"{plan}_async" for plan in plans} | {"JobPlan"} <= exported
 
 
 def test_version_is_the_installed_package_version() -> None:

@@ -1,0 +1,29 @@
+"""Options several commands share, defined once: where and as whom they call AWS, and --json.
+
+``main.py`` and ``ops.py`` both use them; ``ops.py`` cannot import ``main.py`` (see its
+docstring), so they live here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Region = Annotated[str | None, typer.Option(help="AWS region (default: AWS_REGION or profile).")]
+Profile = Annotated[str | None, typer.Option(help="Named AWS profile (default: AWS_PROFILE).")]
+EndpointUrl = Annotated[
+    str | None,
+    typer.Option(help="DynamoDB endpoint, e.g. http://localhost:8000 for DynamoDB Local."),
+]
+S3EndpointUrl = Annotated[
+    str | None, typer.Option(help="S3 endpoint for s3:// paths (MinIO, moto, ...).")
+]
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print one JSON summary object on stdout at the end.")
+]
+ExpectedBucketOwner = Annotated[
+    str | None,
+    typer.Option(help="AWS account id that must own the S3 bucket: every S3 call says so, and "
+                 "S3 refuses (403) a bucket that changed hands.", metavar="ACCOUNT"),
+]
