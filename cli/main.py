@@ -122,6 +122,22 @@ ClusterOption = Annotated[
         "cluster. Needs the dask extra; see docs/SCALING.md.", metavar="CLUSTER"),
 ]
 
+ProvisionAnyway = Annotated[
+    bool,
+    typer.Option("--provision-anyway",
+                 help="Raise the capacity even when DynamoDB's daily limit on decreases "
+                 "could refuse putting it back today (then put it back by hand later)."),
+]
+
+
+def _provision_option(what: str) -> Any:
+    return typer.Option(
+        help=f"Raise the table's provisioned {what} to N for the job (UpdateTable, or an "
+        "auto-scaled table's minimum) and put the original back when it ends, fails or is "
+        "interrupted (a killed job's on the next run). On-demand tables need nothing.",
+        metavar="N", min=1)
+
+
 #: The export's S3 archive options, shown together in --help.
 ARCHIVE = "S3 archive options (every object the export writes; S3 only)"
 
@@ -227,6 +243,8 @@ def export(
         metavar="KEY=VALUE")] = None,
     expected_bucket_owner: ExpectedBucketOwner = None,
     cluster: ClusterOption = None,
+    provision_rcu: Annotated[int | None, _provision_option("read capacity")] = None,
+    provision_anyway: ProvisionAnyway = False,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -264,7 +282,8 @@ def export(
             format=cast(Format | None, format),
             compression=cast(Compression | None, compression),
             max_rcu=max_rcu, page_size=page_size, consistent_read=consistent_read,
-            resume=resume, archive=archive, cluster=cluster,
+            resume=resume, archive=archive, cluster=cluster, provision_rcu=provision_rcu,
+            provision_anyway=provision_anyway,
             aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 
@@ -328,6 +347,9 @@ def import_(
     ] = None,
     expected_bucket_owner: ExpectedBucketOwner = None,
     cluster: ClusterOption = None,
+    provision_wcu: Annotated[
+        int | None, _provision_option("write capacity (and its GSIs')")] = None,
+    provision_anyway: ProvisionAnyway = False,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -345,7 +367,8 @@ def import_(
         return ImportOptions(
             source=source, table=table, target_wcu=target_wcu, create_table=create_table,
             without_indexes=without_indexes, resume=resume, dead_letter=dead_letter,
-            checkpoint=checkpoint, cluster=cluster,
+            checkpoint=checkpoint, cluster=cluster, provision_wcu=provision_wcu,
+            provision_anyway=provision_anyway,
             aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 

@@ -239,6 +239,8 @@ def export_table(
     s3_endpoint_url: str | None = None,
     aws: AwsOptions | None = None,
     cluster: object | None = None,
+    provision_rcu: int | None = None,
+    provision_anyway: bool = False,
     progress: JobProgress | None = None,
 ) -> ExportSummary:
     """Export ``table`` to ``destination`` (a local directory or ``s3://bucket/prefix``).
@@ -249,7 +251,9 @@ def export_table(
     reason when it cannot finish; an interrupted export continues with ``resume=True``. Pass
     a ``JobProgress`` to watch the counters from another thread. Inside a running event loop,
     use ``export_table_async``. ``cluster``: run the segments on Dask, ``"local:N"``, a
-    scheduler's address or a ``distributed.Client`` (docs/SCALING.md).
+    scheduler's address or a ``distributed.Client`` (docs/SCALING.md). ``provision_rcu``:
+    the table's read capacity raised to that for the export and put back after
+    (docs/OPERATIONS.md).
     """
     if isinstance(table, ExportOptions):
         _only_the_options("ExportOptions", locals(), "table")
@@ -268,6 +272,8 @@ def export_table(
             page_size=page_size,
             aws=_aws_options(aws, region, profile, endpoint_url, s3_endpoint_url),
             cluster=None if cluster is None else _scheduler_address(cluster),
+            provision_rcu=provision_rcu,
+            provision_anyway=provision_anyway,
         )
     return _asyncio.run(export_table_async(options, progress=progress))
 
@@ -326,6 +332,8 @@ def import_table(
     s3_endpoint_url: str | None = None,
     aws: AwsOptions | None = None,
     cluster: object | None = None,
+    provision_wcu: int | None = None,
+    provision_anyway: bool = False,
     progress: JobProgress | None = None,
 ) -> ImportSummary:
     """Write the items of ``source`` into ``table`` at ``target_wcu`` write units per second.
@@ -337,7 +345,8 @@ def import_table(
     Raises a ``TerminalError`` subclass, before writing anything, for a bad source, a missing
     table (without ``create_table``) or a key-schema mismatch. A killed import continues with
     ``resume=True``. Inside a running event loop, use ``import_table_async``. ``cluster``:
-    write the files on Dask, as for ``export_table`` (docs/SCALING.md).
+    write the files on Dask, as for ``export_table`` (docs/SCALING.md). ``provision_wcu``:
+    the table's and its GSIs' write capacity raised to that for the import and put back after.
     """
     if isinstance(source, ImportOptions):
         _only_the_options("ImportOptions", locals(), "source")
@@ -354,6 +363,8 @@ def import_table(
             checkpoint=checkpoint,
             aws=_aws_options(aws, region, profile, endpoint_url, s3_endpoint_url),
             cluster=None if cluster is None else _scheduler_address(cluster),
+            provision_wcu=provision_wcu,
+            provision_anyway=provision_anyway,
         )
     return _asyncio.run(import_table_async(options, progress=progress))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
@@ -287,8 +288,12 @@ class ExportOptions:
     archive: ArchiveOptions | None = None
     #: Segments as tasks on a Dask cluster: "local:N" or a scheduler address (cluster.py).
     cluster: str | None = None
+    #: The table's read capacity raised to this for the job and put back after (provision.py).
+    provision_rcu: int | None = None
+    provision_anyway: bool = False
 
     def __post_init__(self) -> None:
+        check_provision(self.provision_rcu, self.provision_anyway, "--provision-rcu")
         owner = ["--expected-bucket-owner"] if self.aws.expected_bucket_owner else []
         refuse_s3_only(self.destination, (self.archive.given if self.archive else []) + owner)
         if self.format is not None and self.format not in FORMATS:
@@ -309,6 +314,20 @@ class ExportOptions:
             raise ConfigError(f"concurrency must be at least 1, not {self.max_concurrency}")
         if self.cluster is not None:
             check_cluster(self.cluster)
+
+
+    @property
+    def provision_state(self) -> str:
+        """Where a raised capacity's originals are written down (a local file)."""
+        return f"ddbpipe-export-{self.table}.provision.json"
+
+
+def check_provision(units: int | None, anyway: bool, option: str) -> None:
+    if units is not None and (isinstance(units, bool) or not isinstance(units, int)
+                              or units < 1):
+        raise ConfigError(f"{option} must be a positive whole number of units, not {units}")
+    if anyway and units is None:
+        raise ConfigError(f"--provision-anyway goes with {option}")
 
 
 def default_shard_bytes(format: str) -> int:
@@ -343,8 +362,12 @@ class ImportOptions:
     aws: AwsOptions = field(default_factory=AwsOptions)
     #: Files as tasks on a Dask cluster: "local:N" or a scheduler address (cluster.py).
     cluster: str | None = None
+    #: The table's and its GSIs' write capacity raised to this for the job (provision.py).
+    provision_wcu: int | None = None
+    provision_anyway: bool = False
 
     def __post_init__(self) -> None:
+        check_provision(self.provision_wcu, self.provision_anyway, "--provision-wcu")
         if self.cluster is not None:
             check_cluster(self.cluster)
         if self.aws.expected_bucket_owner:
@@ -365,3 +388,9 @@ class ImportOptions:
     @property
     def dead_letter_path(self) -> str:
         return self.dead_letter or f"ddbpipe-import-{self.table}.dead-letter.jsonl"
+
+    @property
+    def provision_state(self) -> str:
+        """Where a raised capacity's originals are written down: beside the checkpoint."""
+        return str(Path(self.checkpoint_path).with_name(
+            f"ddbpipe-import-{self.table}.provision.json"))

@@ -13,6 +13,7 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .cluster import Cluster, open_cluster
@@ -35,6 +36,7 @@ from .manifest import (
 )
 from .process_memory import use_lean_memory
 from .progress import JobProgress
+from .provision import capacity_for_job
 from .retry import Clock, SystemClock
 from .scan import (
     ReadBudget,
@@ -98,6 +100,10 @@ async def run_export(
             ))
             description = await client.describe_table(options.table)
             refuse_a_table_being_deleted(description, "there is nothing to export")
+            await stack.enter_async_context(capacity_for_job(
+                client, options.table, read=options.provision_rcu,
+                state=Path(options.provision_state), aws_options=options.aws,
+                despite_decrease_limit=options.provision_anyway))
             cluster = (await stack.enter_async_context(open_cluster(options.cluster))
                        if options.cluster else None)
             # On a cluster, many more segments than workers: handed out as workers free up,

@@ -30,6 +30,7 @@ from .import_state import (
     ImportCheckpoint,
 )
 from .progress import JobProgress
+from .provision import capacity_for_job
 from .ratelimit import (
     AdaptiveRate,
     Bucket,
@@ -152,12 +153,17 @@ async def run_import(
             dead_letter = _open_dead_letter(options, checkpoint)
             run = ImportRun(options, source, store, checkpoint, dead_letter, progress,
                             table_keys, clock)
-            if options.cluster:
-                from .import_cluster import write_all_on_cluster
+            async with capacity_for_job(
+                control, options.table, write=options.provision_wcu,
+                state=Path(options.provision_state), aws_options=options.aws,
+                despite_decrease_limit=options.provision_anyway,
+            ):
+                if options.cluster:
+                    from .import_cluster import write_all_on_cluster
 
-                await write_all_on_cluster(run, target_wcu)
-            else:
-                await run.write_all(target_wcu)
+                    await write_all_on_cluster(run, target_wcu)
+                else:
+                    await run.write_all(target_wcu)
             indexes = []
             if created and not options.without_indexes and source.table_schema:
                 indexes = await add_global_indexes(
@@ -227,6 +233,10 @@ async def _target_table(
 def _choose_target_wcu(options: ImportOptions, target: dict[str, Any]) -> float:
     if options.target_wcu:
         return options.target_wcu
+    if options.provision_wcu:
+        log.info("writing at the %s WCU/s the table is raised to (set --target-wcu to change)",
+                 options.provision_wcu)
+        return float(options.provision_wcu)
     provisioned = provisioned_write_capacity(target)
     if provisioned:
         log.info("writing at the table's provisioned %s WCU/s (set --target-wcu to change)",
