@@ -20,6 +20,7 @@ from ddbpipe.manifest import MANIFEST_KEY
 from ddbpipe.progress import JobProgress
 from tests.endpoints import faulty_s3_proxy
 from tests.exports import plain_items, scan_table, sorted_items
+from tests.test_storage_s3 import CallRecordingClient, wrapping
 
 OWNER = "111122223333"
 STRANGER = "999999999999"
@@ -291,35 +292,9 @@ def test_every_s3_call_of_every_command_names_the_expected_bucket_owner(
         scan_table(dynamodb_client, source))
 
 
-class RecordingClient:
-    """Forwards to a real S3 client and keeps the parameters of every call."""
-
-    def __init__(self, client: Any, calls: list[tuple[str, dict[str, Any]]]) -> None:
-        self.client, self.calls = client, calls
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.client, name)
-
-        async def call(**params: Any) -> Any:
-            self.calls.append((name, params))
-            return await method(**params)
-
-        return call
-
-
 def recording(options: AwsOptions, calls: list[tuple[str, dict[str, Any]]]) -> Any:
-    from contextlib import asynccontextmanager
-
-    from ddbpipe.storage.s3 import default_client_factory
-
-    real = default_client_factory(options, max_attempts=3)
-
-    @asynccontextmanager
-    async def factory() -> Any:
-        async with real() as client:
-            yield RecordingClient(client, calls)
-
-    return factory
+    """The store's client factory, its clients keeping the parameters of every call."""
+    return wrapping(options, lambda client: CallRecordingClient(client, calls))
 
 
 @pytest.mark.parametrize(("algorithm", "checksum_type"),

@@ -57,9 +57,8 @@ import aiohttp
 import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
-from tools.loopback_server import LoopbackServer
+from tools.loopback_server import LoopbackServer, UpstreamReply, forward
 
 __all__ = [
     "FAULT_KINDS",
@@ -82,10 +81,6 @@ Service = Literal["s3", "dynamodb"]
 DEFAULT_STALL_SECONDS = 65.0
 
 # Headers about one hop's connection or framing, which a proxy does not pass on.
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "transfer-encoding", "expect", "host", "upgrade",
-    "content-length",
-})
 _ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
 _DYNAMODB_TARGET_PREFIX = "DynamoDB_20120810."
 
@@ -226,17 +221,6 @@ class _Counters:
 # --- the proxy --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Upstream:
-    """The service's reply, without the headers of its hop."""
-
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-    #: As the service said it (a reply to HEAD has none of the body it describes).
-    content_length: int
-
-
 class _Proxy:
     """The aiohttp handler: draw a fault, answer it or forward the request."""
 
@@ -317,17 +301,10 @@ class _Proxy:
         request.transport.write(reply.body[: len(reply.body) // 2])
         return _hang_up(request)
 
-    async def _upstream(self, request: web.Request, body: bytes) -> _Upstream:
+    async def _upstream(self, request: web.Request, body: bytes) -> UpstreamReply:
         assert self._session is not None, "the endpoint is not started"
         action = _action(self.service, request)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        url = URL(self.upstream + request.raw_path, encoded=True)
-        async with self._session.request(request.method, url, headers=headers, data=body) as r:
-            payload = await r.read()
-            kept: CIMultiDict[str] = CIMultiDict(
-                (k, v) for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP
-            )
-            reply = _Upstream(r.status, kept, payload, r.content_length or 0)
+        reply = await forward(self._session, self.upstream, request, body)
         writes = _write_requests(body) if action == "BatchWriteItem" else 0
         self.counters.forwarded(action, writes)
         return reply

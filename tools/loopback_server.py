@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
+import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
 
 
 class Handler(Protocol):
@@ -97,3 +101,38 @@ class LoopbackServer:
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
+
+
+# --- forwarding a request to the service behind a proxy --------------------------------------
+
+#: Headers about one hop's connection or framing, which a proxy does not pass on.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "transfer-encoding", "expect", "host", "upgrade",
+    "content-length",
+})
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    """The service's reply, without the headers of its hop."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    #: As the service said it (a reply to HEAD has none of the body it describes).
+    content_length: int
+
+
+async def forward(
+    session: aiohttp.ClientSession, upstream: str, request: web.Request, body: bytes
+) -> UpstreamReply:
+    """``request`` (with its ``body``, already read) sent on to ``upstream`` as it came."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    url = URL(upstream + request.raw_path, encoded=True)
+    async with session.request(request.method, url, headers=headers, data=body) as reply:
+        payload = await reply.read()
+        kept: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP
+        )
+        return UpstreamReply(reply.status, kept, payload, reply.content_length or 0)
+

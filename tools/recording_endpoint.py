@@ -41,18 +41,11 @@ from urllib.parse import parse_qsl, unquote
 import aiohttp
 import botocore.session
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
-from tools.loopback_server import LoopbackServer
+from tools.loopback_server import LoopbackServer, forward
 
 __all__ = ["RecordedCall", "RecordingEndpoint", "start_recording_endpoint"]
 
-# Headers about one hop's connection or framing, which a proxy does not pass on.
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "transfer-encoding", "expect", "host", "upgrade",
-    "content-length",
-})
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 
@@ -248,17 +241,11 @@ class _Recorder:
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         assert self._session is not None, "the endpoint is not started"
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        url = URL(self.upstream + request.raw_path, encoded=True)
-        async with self._session.request(request.method, url, headers=headers, data=body) as r:
-            payload = await r.read()
-            kept: CIMultiDict[str] = CIMultiDict(
-                (k, v) for k, v in r.headers.items() if k.lower() not in _HOP_BY_HOP
-            )
-            if request.method == "HEAD":  # no body, but the object's length
-                kept["Content-Length"] = str(r.content_length or 0)
-                return web.Response(status=r.status, headers=kept)
-            return web.Response(status=r.status, headers=kept, body=payload)
+        reply = await forward(self._session, self.upstream, request, body)
+        if request.method == "HEAD":  # no body, but the object's length
+            reply.headers["Content-Length"] = str(reply.content_length)
+            return web.Response(status=reply.status, headers=reply.headers)
+        return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
     def calls(self) -> list[RecordedCall]:
         with self._lock:
