@@ -6,7 +6,7 @@ generated lazily and written with ``fill_table`` a slice at a time, so this proc
 holds the table). At each size, every job runs in a fresh process that reports its own peak
 resident memory (VmHWM from /proc/self/status: getrusage's ru_maxrss would include this
 process's peak at the fork) and its rate (items/s, context only: the 2 cores are shared with
-DynamoDB Local):
+the endpoint):
 
 - ``export-ndjson``: ``export_table(format="ndjson")`` (zstd) to a local directory;
 - ``export-parquet``: ``export_table(format="parquet")`` to a local directory;
@@ -20,20 +20,31 @@ at least one per core) and ``--shard-mb`` (``auto`` = the default bound of each 
 of raw DynamoDB JSON for NDJSON, 64 MB for Parquet) is measured; the import reads the export
 made with the same settings, with ``--open-files`` files open at once (``auto`` = 8).
 
+``--endpoint instant`` measures against ``tools/instant_dynamodb.py`` instead, started for
+each size in a process of its own with ``iter_items(N)`` (it serves Scan pages from memory
+and accepts every write at once, so a 1M-item export and import take a minute or two, not
+hours); imports write into it without creating a table. ``--runs`` repeats each job and
+reports the median peak.
+
     .venv/bin/python benchmarks/memory_bench.py --items 30000 300000 1000000 \\
         --segments auto --shard-mb auto 4
+    .venv/bin/python benchmarks/memory_bench.py --endpoint instant --items 30000 1000000 \\
+        --jobs import import-parquet --segments 6 --open-files 2 6 --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +91,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     elif spec["job"] == "import":
         scratch = Path(spec["scratch"])
         options = ImportOptions(
-            source=spec["source"], table=spec["table"], create_table=True,
+            source=spec["source"], table=spec["table"], create_table=spec["create_table"],
             target_wcu=40_000, aws=aws, checkpoint=str(scratch / "import.checkpoint.json"),
             dead_letter=str(scratch / "import.dead-letter.jsonl"),
             **({"open_files": spec["open_files"]} if spec.get("open_files") else {}),
@@ -97,7 +108,19 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_mb": peak_mb, "end_mb": end_mb}
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
+def measure(spec: dict[str, Any], runs: int = 1,
+            before_each: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """The job in ``runs`` fresh processes (``before_each`` clears what a run leaves): the
+    last run's result with the median peak, and every run's peak."""
+    results = []
+    for _ in range(runs):
+        before_each()
+        results.append(_measure_once(spec))
+    peaks = [result["peak_mb"] for result in results]
+    return {**results[-1], "peak_mb": statistics.median(peaks), "peaks_mb": peaks}
+
+
+def _measure_once(spec: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],
         capture_output=True, text=True,
@@ -157,48 +180,97 @@ def main() -> None:
                         help="shard bounds in MB of raw DynamoDB JSON ('auto' = the default)")
     parser.add_argument("--open-files", type=_auto_int, nargs="+", default=[None],
                         help="files an import reads at once ('auto' = the default, 8)")
+    parser.add_argument("--endpoint", choices=("dynamodb-local", "instant"),
+                        default="dynamodb-local",
+                        help="where the table is: DynamoDB Local, or the instant endpoint")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of each job; the median peak is reported")
     parser.add_argument("--json", help="also write every result to this file")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
 
-    from tools import sample_data, services
+    from tools import services
 
     sizes = sorted(args.items)
     settings = [Setting(s, b, o) for s in args.segments for b in args.shard_mb
                 for o in args.open_files]
     services.use_local_credentials()
-    server = services.start_dynamodb_local()
-    baseline = measure({"job": "baseline"})
+    baseline = measure({"job": "baseline"}, args.runs)
     print(f"baseline (import ddbpipe only): peak {baseline['peak_mb']} MB", flush=True)
+    tables = instant_tables if args.endpoint == "instant" else local_tables
     rows: list[dict[str, Any]] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="ddbpipe-membench-") as scratch:
-            table = "bench-memory"
-            sample_data.create_table(server.endpoint, table)
-            items = sample_data.iter_items(sizes[-1])
-            have = 0
-            for size in sizes:
-                started = time.perf_counter()
-                grow_table(server.endpoint, table, items, have, size)
-                print(f"table at {size:,} items (filled in {time.perf_counter() - started:.0f} s)",
-                      flush=True)
-                have = size
-                for setting in settings:
-                    rows += run_size(server.endpoint, table, size, setting, args.jobs,
-                                     Path(scratch))
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="ddbpipe-membench-") as scratch:
+        for size, endpoint, table in tables(sizes):
+            for setting in settings:
+                rows += run_size(Job(endpoint, table, args.endpoint == "instant", args.runs),
+                                 size, setting, args.jobs, Path(scratch))
     report(rows, sizes, settings, args.jobs, baseline)
     if args.json:
         Path(args.json).write_text(json.dumps({"baseline": baseline, "rows": rows}, indent=1))
 
 
-def run_size(endpoint: str, table: str, size: int, setting: Setting, jobs: list[str],
+@dataclass(frozen=True)
+class Job:
+    """Where the jobs of one size run, and how often each."""
+
+    endpoint: str
+    table: str
+    instant: bool  # imports write into the instant endpoint's table, created by no one
+    runs: int
+
+
+TABLE = "bench-memory"
+
+
+def local_tables(sizes: list[int]) -> Iterator[tuple[int, str, str]]:
+    """(size, endpoint, table): one table in DynamoDB Local, grown through the sizes."""
+    from tools import sample_data, services
+
+    server = services.start_dynamodb_local()
+    try:
+        sample_data.create_table(server.endpoint, TABLE)
+        items = sample_data.iter_items(sizes[-1])
+        have = 0
+        for size in sizes:
+            started = time.perf_counter()
+            grow_table(server.endpoint, TABLE, items, have, size)
+            print(f"table at {size:,} items (filled in {time.perf_counter() - started:.0f} s)",
+                  flush=True)
+            have = size
+            yield size, server.endpoint, TABLE
+    finally:
+        server.stop()
+
+
+def instant_tables(sizes: list[int]) -> Iterator[tuple[int, str, str]]:
+    """(size, endpoint, table): the instant endpoint, started anew with each size's items."""
+    for size in sizes:
+        with _instant_endpoint(size) as endpoint:
+            print(f"instant endpoint with {size:,} items", flush=True)
+            yield size, endpoint, TABLE
+
+
+@contextlib.contextmanager
+def _instant_endpoint(items: int) -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tools" / "instant_dynamodb.py"), "--items", str(items)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def run_size(where: Job, size: int, setting: Setting, jobs: list[str],
              scratch: Path) -> list[dict[str, Any]]:
     from tools import sample_data  # here, not at the top: the measured processes skip it
 
+    endpoint, table = where.endpoint, where.table
     rows = []
     exports: dict[str, str] = {}
     for job in jobs:
@@ -208,7 +280,8 @@ def run_size(endpoint: str, table: str, size: int, setting: Setting, jobs: list[
             spec = {"job": "export", "endpoint": endpoint, "table": table, "dest": str(dest),
                     "format": fmt, "segments": setting.segments,
                     "shard_bytes": setting.shard_bytes()}
-            result = measure(spec)
+            runs = where.runs if job.startswith("export") else 1
+            result = measure(spec, runs, _emptied(dest, keep=False))
             assert result["items"] == size, result
             exports[fmt] = str(dest)
             if job.startswith("export"):
@@ -217,18 +290,30 @@ def run_size(endpoint: str, table: str, size: int, setting: Setting, jobs: list[
         if job.startswith("import"):
             target = f"bench-memory-copy-{size}"
             work = scratch / f"import-{size}-{setting.slug()}"
-            work.mkdir()
             result = measure({"job": "import", "endpoint": endpoint, "source": exports[fmt],
                               "table": target, "scratch": str(work),
-                              "open_files": setting.open_files})
+                              "open_files": setting.open_files,
+                              "create_table": not where.instant}, where.runs,
+                             _emptied(work, keep=True))
             assert result["items"] == size, result
-            sample_data.drop_table(endpoint, target)
+            if not where.instant:
+                sample_data.drop_table(endpoint, target)
             shutil.rmtree(work)
             rows.append({"job": job, "size": size, "setting": setting.label(), **result})
             print(json.dumps(rows[-1]), flush=True)
-    for dest in exports.values():
-        shutil.rmtree(dest)
+    for folder in exports.values():
+        shutil.rmtree(folder)
     return rows
+
+
+def _emptied(folder: Path, *, keep: bool) -> Callable[[], None]:
+    """What clears ``folder`` before a run (an export refuses a used destination, an import
+    would resume from a checkpoint); ``keep`` leaves it there, empty."""
+    def clear() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if keep:
+            folder.mkdir()
+    return clear
 
 
 def report(rows: list[dict[str, Any]], sizes: list[int], settings: list[Setting],
@@ -249,12 +334,12 @@ def report(rows: list[dict[str, Any]], sizes: list[int], settings: list[Setting]
         for job in present:
             peaks = [cells[job, size]["peak_mb"] if (job, size) in cells else None
                      for size in sizes]
-            change = (f"{100 * (peaks[-1] / peaks[0] - 1):+.0f}%"
+            change = (f"{100 * (peaks[-1] / peaks[0] - 1):+.1f}%"
                       if peaks[0] and peaks[-1] else "")
-            print(f"| {job} | " + " | ".join("" if p is None else f"{p:.1f}" for p in peaks)
-                  + f" | {change} |")
+            print(f"| {job} | " + " | ".join(_peak_cell(cells.get((job, size)))
+                                            for size in sizes) + f" | {change} |")
         print()
-        print("items/s (context only: DynamoDB Local shares the cores); files written or read:")
+        print("items/s (context only: the endpoint shares the cores); files written or read:")
         print()
         print(header + " |")
         print("|---|" + "---:|" * len(sizes))
@@ -265,6 +350,15 @@ def report(rows: list[dict[str, Any]], sizes: list[int], settings: list[Setting]
                 files = None if row is None else row.get("shards", row.get("files"))
                 parts.append("" if row is None else f"{row['items_per_s']:,}; {files} files")
             print(f"| {job} | " + " | ".join(parts) + " |")
+
+
+def _peak_cell(row: dict[str, Any] | None) -> str:
+    """The (median) peak, with every run's in parentheses when there were several."""
+    if row is None:
+        return ""
+    runs = row.get("peaks_mb", [])
+    every = f" ({' / '.join(f'{peak:.1f}' for peak in runs)})" if len(runs) > 1 else ""
+    return f"{row['peak_mb']:.1f}{every}"
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ GZIP_LEVEL = 6
 #: item more, if a single item is larger): what a Parquet conversion holds at a time.
 PARQUET_ROW_GROUP_ROWS = 64 * 1024
 PARQUET_ROW_GROUP_BYTES = 4 * 1024 * 1024
-#: Rows of the ``_item`` column read at a time from a Parquet file.
-PARQUET_READ_ROWS = 4096
+#: Rows of the ``_item`` column read at a time from a Parquet file (about 100 KB of items),
+#: and the stored bytes a Parquet reader reads ahead: what each file open for reading holds
+#: besides the page being decoded.
+PARQUET_READ_ROWS = 256
+PARQUET_READ_BUFFER_BYTES = 64 * 1024
 PARQUET_COMPRESSION = "zstd"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's switch for the gzip container
 _NDJSON_EXTENSIONS: dict[Compression, str] = {"zstd": ".json.zst", "gzip": ".json.gz",
@@ -305,6 +308,9 @@ class ShardWriter:
             compression=PARQUET_COMPRESSION,
             # Page CRCs let a reader tell flipped bytes from data (see _parquet_items).
             write_page_checksum=True,
+            # Every item differs: a dictionary of them saves nothing (the writer gives it up
+            # at 1 MiB), and each file an import reads holds it for a whole row group.
+            use_dictionary=plan.typed_schema.names,
         ) as parquet:
             for start, stop in self._row_groups():
                 # Not kept in a name: the last group's items would live on during the next read.
@@ -359,8 +365,9 @@ NDJSON_SUFFIXES = tuple(
     for stem in (".json", ".jsonl", ".ndjson")
     for compression in ("", ".gz", ".zst", ".zstd")
 )
-#: Stored bytes fed to a decompressor at a time, so the decoded data stays bounded.
-DECOMPRESS_PIECE_BYTES = 256 * 1024
+#: Stored bytes fed to a decompressor at a time, so the decoded data stays bounded: about
+#: 150 KB of DynamoDB JSON from zstd or gzip, per file being read.
+DECOMPRESS_PIECE_BYTES = 16 * 1024
 
 
 def iter_shard_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
@@ -501,26 +508,38 @@ def _item_of_line(line: bytes, name: str, number: int) -> bytes:
 
 def _parquet_items(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     """The ``_item`` column of a Parquet shard, row by row (pages checked against their CRCs).
-    Parquet needs random access: a ``Spool`` gives its file, other chunks are joined."""
+    Parquet needs random access: a ``Spool`` gives its file, other chunks are joined.
+
+    Streamed a page at a time, not a row group at a time: an import reads several files at
+    once, and what each open file holds is what its peak grows with. That is the page being
+    decoded (about 1 MiB, the writer's page size), ``PARQUET_READ_BUFFER_BYTES`` of stored
+    bytes and one batch of ``PARQUET_READ_ROWS`` items; and, for a file whose ``_item``
+    column has a dictionary (ours have none), that dictionary. A row group (up to 4 MiB of
+    raw items) is never held whole."""
     source = (chunks.seekable_file() if isinstance(chunks, Spool)
               else pa.BufferReader(b"".join(chunks)))
     try:
-        parquet = pq.ParquetFile(source, page_checksum_verification=True)
+        parquet = pq.ParquetFile(
+            source, page_checksum_verification=True,
+            buffer_size=PARQUET_READ_BUFFER_BYTES, pre_buffer=False,
+        )
     except (pa.ArrowException, OSError) as exc:
         raise CorruptDataError(f"{name}: not a readable Parquet file ({exc})") from None
     if codec.ITEM_COLUMN not in parquet.schema_arrow.names:
         raise CorruptDataError(f"{name}: Parquet file has no {codec.ITEM_COLUMN!r} column")
     try:
-        # A row group at a time (at most 4 MiB of raw items, PARQUET_ROW_GROUP_BYTES), handed
-        # out a few thousand items at a time. Not iter_batches: its reader kept growing as it
-        # went through a file (measured: +17 MB over a 64 MB shard, and more per open file).
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=[codec.ITEM_COLUMN],
-                                           use_threads=False)
-            for batch in table.to_batches(max_chunksize=PARQUET_READ_ROWS):
-                yield from columns.arrow_items(pa.Table.from_batches([batch]))
-            del table
+        batches = parquet.iter_batches(
+            batch_size=PARQUET_READ_ROWS, columns=[codec.ITEM_COLUMN], use_threads=False
+        )
+        # Each batch becomes Python bytes before any is handed out, so its Arrow buffers are
+        # gone while the caller works through them.
+        for items in map(_batch_items, batches):
+            yield from items
     except (pa.ArrowException, OSError) as exc:
         raise CorruptDataError(f"{name}: corrupt Parquet data ({exc})") from None
     except CorruptDataError as exc:
         raise CorruptDataError(f"{name}: {exc}") from None
+
+
+def _batch_items(batch: pa.RecordBatch) -> list[bytes]:
+    return list(columns.arrow_items(pa.Table.from_batches([batch])))

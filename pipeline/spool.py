@@ -76,7 +76,8 @@ class Spool:
     """
 
     IN_MEMORY_BYTES = 1024 * 1024
-    READ_BYTES = 1024 * 1024
+    #: Read back a piece at a time: an import reads several files at once.
+    READ_BYTES = 64 * 1024
 
     def __init__(self, what: str, spool_dir: str | None = None) -> None:
         self.what = what
@@ -121,13 +122,20 @@ class Spool:
 
 
 class _HasChunks(Protocol):
-    def iter_chunks(self, key: str) -> AsyncIterator[bytes]: ...
+    def iter_chunks(self, key: str, chunk_size: int = ...) -> AsyncIterator[bytes]: ...
 
 
 class StoredBytes(Spool):
     """One stored file's bytes as fetched: counted and hashed (``checksums``) as they arrive,
     then read back by iterating. A copy, not the store's file read twice: what is checked
-    is what is read."""
+    is what is read.
+
+    An import fetches the files it opens at the same time, so what a fetch holds is small:
+    a chunk of ``FETCH_BYTES`` in flight, and a copy that goes to the temporary folder past
+    ``IN_MEMORY_BYTES``."""
+
+    IN_MEMORY_BYTES = 256 * 1024
+    FETCH_BYTES = 256 * 1024
 
     def __init__(self, spool_dir: str | None = None) -> None:
         super().__init__("a fetched file", spool_dir)
@@ -139,7 +147,7 @@ class StoredBytes(Spool):
         GIL: they run in a thread, beside the other files' work."""
         stored = cls(spool_dir)
         try:
-            async for chunk in store.iter_chunks(key):
+            async for chunk in store.iter_chunks(key, cls.FETCH_BYTES):
                 await asyncio.to_thread(stored.append, chunk)
         except BaseException:
             stored.close()

@@ -11,11 +11,13 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from ddbpipe import shards
 from ddbpipe.codec import decode_scan_page
 from ddbpipe.config import Compression, Format
 from ddbpipe.errors import CorruptDataError
@@ -156,13 +158,16 @@ def test_parquet_close_with_bad_items_drops_the_file(tmp_path: Path) -> None:
 
 
 class Store:
-    """A store of one object, handed out in chunks of ``size`` (as ``iter_chunks`` does)."""
+    """A store of one object, handed out in chunks of at most ``size`` and of the size asked
+    for (as ``iter_chunks`` does); it remembers the sizes asked for."""
 
     def __init__(self, data: bytes, size: int) -> None:
         self.data, self.size = data, size
+        self.asked: list[int] = []
 
-    async def iter_chunks(self, key: str) -> AsyncIterator[bytes]:
-        for chunk in chunked(self.data, self.size):
+    async def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        self.asked.append(chunk_size)
+        for chunk in chunked(self.data, min(self.size, chunk_size)):
             yield chunk
 
 
@@ -190,6 +195,14 @@ def test_a_fetched_file_is_counted_hashed_and_read_back_from_its_copy(
         if format == "parquet":
             assert list(iter_shard_items(stored, key)) == [item(i) for i in range(300)]
     assert files_open_in(spool) == [] and list(spool.iterdir()) == []  # the copy is gone
+
+
+def test_a_fetch_asks_for_small_chunks() -> None:
+    # An import fetches the files it opens at the same time: each holds one chunk in flight.
+    store = Store(b"x" * 1000, 1 << 30)
+    with asyncio.run(StoredBytes.fetch(store, "k")) as stored:
+        assert b"".join(stored) == b"x" * 1000
+    assert store.asked == [StoredBytes.FETCH_BYTES]
 
 
 def files_open_in(folder: Path) -> list[str]:
@@ -340,6 +353,33 @@ def test_unusable_inputs_are_named() -> None:
         read_all(b"PAR1 nope PAR1", "data/a.parquet")
     with pytest.raises(CorruptDataError, match="data/a.csv: unknown shard type"):
         read_all(b"", "data/a.csv")
+
+
+def test_parquet_is_read_in_batches_across_row_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    # Row groups of 64 rows, read 10 rows at a time: batches end inside and at row groups.
+    monkeypatch.setattr(shards, "PARQUET_ROW_GROUP_ROWS", 64)
+    monkeypatch.setattr(shards, "PARQUET_READ_ROWS", 10)
+    data = Path(write(tmp_path, "parquet", "zstd").path).read_bytes()
+    assert pq.ParquetFile(BytesIO(data)).metadata.num_row_groups == 5
+    key = shard_key(0, 0, "parquet", "zstd")
+    assert list(iter_shard_items(chunked(data, 1000), key)) == [item(i) for i in range(300)]
+
+
+def test_parquet_item_column_has_no_dictionary(tmp_path: Path) -> None:
+    """Items all differ: a dictionary of them would only be held by every reader of the file.
+    The typed columns keep theirs."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(write(tmp_path, "parquet", "zstd").path).metadata
+    columns = metadata.row_group(0)
+    by_name = {columns.column(i).path_in_schema: columns.column(i)
+               for i in range(metadata.num_columns)}
+    assert not by_name["_item"].has_dictionary_page
+    assert by_name["pk"].has_dictionary_page
 
 
 def test_parquet_without_item_column_is_rejected(tmp_path: Path) -> None:

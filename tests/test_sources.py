@@ -270,12 +270,14 @@ def test_ddbpipe_export_on_s3(
 
 
 def test_batches_are_bounded(tmp_path: Path, endpoint: str, make_table: Any) -> None:
-    table = make_table(plain_items(2500))
+    table = make_table(plain_items(2 * RECORDS_PER_BATCH + RECORDS_PER_BATCH // 2))
     dest = tmp_path / "export"
     ddbpipe.export_table(table, str(dest), segments=1, endpoint_url=endpoint)
     source, batches = asyncio.run(_open_and_read(str(dest), None))
     assert len(source.files) == 1
-    assert [len(batch) for batch in batches] == [RECORDS_PER_BATCH, RECORDS_PER_BATCH, 500]
+    assert [len(batch) for batch in batches] == [
+        RECORDS_PER_BATCH, RECORDS_PER_BATCH, RECORDS_PER_BATCH // 2
+    ]
 
 
 # --- AWS-native exports ---------------------------------------------------------------------

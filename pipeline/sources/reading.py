@@ -26,7 +26,9 @@ from .common import ImportSource, SourceFile, SourceKind, location_prefix
 __all__ = ["RECORDS_PER_BATCH", "read_records"]
 
 #: Records handed out per batch: small enough to interleave files, big enough to amortise.
-RECORDS_PER_BATCH = 1000
+#: An import holds up to two batches per file it reads (one in hand, one read ahead), about
+#: 0.2 MB each here, so this is a part of what each open file costs.
+RECORDS_PER_BATCH = 250
 #: Kinds whose files hold only items (``{"Item"}`` lines or Parquet rows): puts.
 _ITEM_KINDS: tuple[SourceKind, ...] = ("ddbpipe", "aws-full")
 
