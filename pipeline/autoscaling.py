@@ -4,7 +4,6 @@ errors mapped to the error tree."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -27,8 +26,7 @@ Targets = Mapping[tuple[str, str], Mapping[str, Any]]
 def autoscaling_endpoint() -> str | None:
     """A custom Application Auto Scaling endpoint (``AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING``,
     as the AWS CLI names it, else ``AWS_ENDPOINT_URL``), or None for AWS's own."""
-    return (os.environ.get("AWS_ENDPOINT_URL_APPLICATION_AUTO_SCALING")
-            or os.environ.get("AWS_ENDPOINT_URL"))
+    return aws.service_endpoint("APPLICATION_AUTO_SCALING")
 
 
 def autoscaling_client_factory(options: AwsOptions, max_attempts: int = 8) -> AutoScalingFactory:

@@ -72,6 +72,7 @@ __all__ = [
     "hide_credentials",
     "is_expired_token",
     "kms_endpoint",
+    "service_endpoint",
     "one_line",
     "region",
     "s3_endpoint",
@@ -226,9 +227,15 @@ def s3_endpoint(options: AwsOptions) -> str | None:
     )
 
 
+def service_endpoint(service_env: str) -> str | None:
+    """A custom endpoint of a service the options do not name, as the AWS CLI finds it:
+    ``AWS_ENDPOINT_URL_<service_env>``, else ``AWS_ENDPOINT_URL``; None for AWS's own."""
+    return os.environ.get(f"AWS_ENDPOINT_URL_{service_env}") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def kms_endpoint(options: AwsOptions) -> str | None:
-    """A custom KMS endpoint (``AWS_ENDPOINT_URL_KMS``, as the AWS CLI), or None for AWS's."""
-    return os.environ.get("AWS_ENDPOINT_URL_KMS") or os.environ.get("AWS_ENDPOINT_URL")
+    """A custom KMS endpoint (``AWS_ENDPOINT_URL_KMS``), or None for AWS's."""
+    return service_endpoint("KMS")
 
 
 def credentials(from_session: botocore.session.Session) -> botocore.credentials.Credentials:

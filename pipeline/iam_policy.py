@@ -19,7 +19,6 @@ what it may call with them. Region and account (for the ARNs) are asked of STS
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -439,7 +438,7 @@ def _check_region(region: str) -> None:
 
 
 def _caller_account(session: botocore.session.Session, region: str) -> str:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = aws.service_endpoint("STS")
     call = aws.AwsCall("sts", "GetCallerIdentity", region=region)
     try:
         sts = session.create_client("sts", region_name=region, endpoint_url=endpoint)

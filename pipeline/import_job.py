@@ -41,7 +41,12 @@ from .ratelimit import (
 )
 from .records import WriteRecord
 from .retry import Clock, RetryPolicy, SystemClock
-from .schema import KeyAttributes, key_attributes, refuse_a_table_being_deleted
+from .schema import (
+    KeyAttributes,
+    key_attributes,
+    provisioned_units,
+    refuse_a_table_being_deleted,
+)
 from .sources import ImportSource, SourceFile, open_source, read_records
 from .storage import ObjectStore, open_store
 from .tables import (
@@ -49,7 +54,6 @@ from .tables import (
     check_key_schema,
     create_table,
     find_table,
-    provisioned_write_capacity,
 )
 from .thaw import refuse_frozen
 from .writer import TableWriter
@@ -237,7 +241,7 @@ def _choose_target_wcu(options: ImportOptions, target: dict[str, Any]) -> float:
         log.info("writing at the %s WCU/s the table is raised to (set --target-wcu to change)",
                  options.provision_wcu)
         return float(options.provision_wcu)
-    provisioned = provisioned_write_capacity(target)
+    provisioned = provisioned_units(target, "Write")
     if provisioned:
         log.info("writing at the table's provisioned %s WCU/s (set --target-wcu to change)",
                  provisioned)

@@ -22,7 +22,7 @@ from .dynamo import UNSUPPORTED_CODES, DynamoClient
 from .errors import AccessDeniedError, AwsRequestError, ConfigError, CorruptDataError
 from .prices import PriceTable, load_prices, storage_cost_per_month, throughput_cost
 from .scan import MAX_PAGE_BYTES, ReadBudget, read_bucket, scan_pages
-from .schema import KeyAttributes, key_attributes
+from .schema import KeyAttributes, key_attributes, provisioned_units
 from .shards import ShardWriter, decompressed, iter_shard_items, lines
 from .sources import ImportSource, SourceFile, open_source
 from .sources.aws_export import change_of_line
@@ -118,21 +118,12 @@ def job_rate(table: dict[str, Any] | None, given: float | None, *, writes: bool)
         return Rate(given, flag)
     provisioned = provisioned_units(table or {}, kind)
     if provisioned:
-        return Rate(provisioned, "the table's provisioned capacity", provisioned=True)
+        return Rate(float(provisioned), "the table's provisioned capacity", provisioned=True)
     on_demand = ON_DEMAND_WRITE_RATE if writes else ON_DEMAND_READ_RATE
     maximum = ((table or {}).get("OnDemandThroughput") or {}).get(f"Max{kind}RequestUnits") or 0
     if 0 < maximum < on_demand:
         return Rate(float(maximum), "the table's on-demand maximum")
     return Rate(on_demand, "on-demand: what a new on-demand table serves at once")
-
-
-def provisioned_units(table: dict[str, Any], kind: str) -> float | None:
-    """A provisioned table's ``kind`` ("Read"/"Write") capacity units, from a DescribeTable
-    reply or a saved schema; None for an on-demand table."""
-    billing = table.get("BillingMode") or (table.get("BillingModeSummary") or {}).get(
-        "BillingMode", "PROVISIONED")
-    units = (table.get("ProvisionedThroughput") or {}).get(f"{kind}CapacityUnits")
-    return float(units) if billing == "PROVISIONED" and units else None
 
 
 @dataclass(frozen=True)

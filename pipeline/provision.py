@@ -39,6 +39,7 @@ from .config import AwsOptions
 from .dynamo import DynamoClient
 from .errors import ConfigError, DdbpipeError, ResumeError, StorageError, TableNotFoundError
 from .import_state import OWNER_ONLY
+from .schema import billing_mode
 from .storage import remove_quietly
 from .storage.local import write_file_atomically
 from .tables import wait_until_active
@@ -453,8 +454,7 @@ async def _read_state(path: Path, *, table: str | None, region: str) -> Capacity
 
 
 def _on_demand(description: Mapping[str, Any]) -> bool:
-    billing = (description.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED")
-    return bool(billing == "PAY_PER_REQUEST")
+    return billing_mode(dict(description)) == "PAY_PER_REQUEST"
 
 
 def _indexes(description: Mapping[str, Any]) -> Iterator[str | None]:

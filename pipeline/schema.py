@@ -16,10 +16,12 @@ from .errors import TableNotFoundError
 __all__ = [
     "CREATE_FIELDS",
     "KeyAttributes",
+    "billing_mode",
     "create_table_request",
     "describe_keys",
     "index_create_request",
     "key_attributes",
+    "provisioned_units",
     "table_schema",
     "time_to_live_request",
 ]
@@ -73,24 +75,24 @@ def table_schema(
     Secondary indexes keep their projections and capacities; ``TimeToLive`` and ``Tags`` are
     applied after CreateTable by a restore. ``None`` means the export could not read them.
     """
-    billing_mode = (description.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED")
+    billing = billing_mode(description)
     schema: dict[str, Any] = {
         "TableName": description["TableName"],
         "KeySchema": description["KeySchema"],
         "AttributeDefinitions": description["AttributeDefinitions"],
-        "BillingMode": billing_mode,
+        "BillingMode": billing,
     }
     throughput = _throughput(description.get("ProvisionedThroughput"))
-    if billing_mode == "PROVISIONED" and throughput:
+    if billing == "PROVISIONED" and throughput:
         schema["ProvisionedThroughput"] = throughput
     if description.get("OnDemandThroughput"):
         schema["OnDemandThroughput"] = description["OnDemandThroughput"]
     local_indexes = description.get("LocalSecondaryIndexes") or []
     global_indexes = description.get("GlobalSecondaryIndexes") or []
     if local_indexes:
-        schema["LocalSecondaryIndexes"] = [_index(i, billing_mode) for i in local_indexes]
+        schema["LocalSecondaryIndexes"] = [_index(i, billing) for i in local_indexes]
     if global_indexes:
-        schema["GlobalSecondaryIndexes"] = [_index(i, billing_mode) for i in global_indexes]
+        schema["GlobalSecondaryIndexes"] = [_index(i, billing) for i in global_indexes]
     if description.get("StreamSpecification"):
         schema["StreamSpecification"] = description["StreamSpecification"]
     sse = description.get("SSEDescription")
@@ -118,14 +120,14 @@ def _throughput(description: dict[str, Any] | None) -> dict[str, int] | None:
     return {"ReadCapacityUnits": int(read or 0), "WriteCapacityUnits": int(write or 0)}
 
 
-def _index(description: dict[str, Any], billing_mode: str) -> dict[str, Any]:
+def _index(description: dict[str, Any], billing: str) -> dict[str, Any]:
     index: dict[str, Any] = {
         "IndexName": description["IndexName"],
         "KeySchema": description["KeySchema"],
         "Projection": description["Projection"],
     }
     throughput = _throughput(description.get("ProvisionedThroughput"))
-    if billing_mode == "PROVISIONED" and throughput:
+    if billing == "PROVISIONED" and throughput:
         index["ProvisionedThroughput"] = throughput
     if description.get("OnDemandThroughput"):
         index["OnDemandThroughput"] = description["OnDemandThroughput"]
@@ -184,3 +186,18 @@ def time_to_live_request(table: str, schema: dict[str, Any]) -> dict[str, Any] |
         "TableName": table,
         "TimeToLiveSpecification": {"Enabled": True, "AttributeName": saved["AttributeName"]},
     }
+
+
+def billing_mode(table: dict[str, Any]) -> str:
+    """PROVISIONED or PAY_PER_REQUEST, of a DescribeTable reply or a saved schema (which
+    carries CreateTable's ``BillingMode``); a table described without one is provisioned."""
+    return str(table.get("BillingMode")
+               or (table.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED"))
+
+
+def provisioned_units(table: dict[str, Any], kind: str) -> int | None:
+    """A provisioned table's ``kind`` ("Read"/"Write") capacity units, of a DescribeTable
+    reply or a saved schema; None for an on-demand table."""
+    units = (table.get("ProvisionedThroughput") or {}).get(f"{kind}CapacityUnits")
+    return int(units) if billing_mode(table) == "PROVISIONED" and units else None
+

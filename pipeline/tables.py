@@ -97,12 +97,3 @@ async def wait_until_active(client: DynamoClient, table: str) -> dict[str, Any]:
         ):
             return description
         await client.clock.sleep(POLL_SECONDS)
-
-
-def provisioned_write_capacity(description: dict[str, Any]) -> int | None:
-    """The table's provisioned WCU, or None for an on-demand table."""
-    billing = (description.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED")
-    if billing == "PAY_PER_REQUEST":
-        return None
-    units = (description.get("ProvisionedThroughput") or {}).get("WriteCapacityUnits")
-    return int(units) if units else None

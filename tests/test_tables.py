@@ -12,13 +12,8 @@ from ddbpipe.config import AwsOptions
 from ddbpipe.dynamo import DynamoClient
 from ddbpipe.errors import SchemaMismatchError
 from ddbpipe.retry import ManualClock
-from ddbpipe.schema import key_attributes
-from ddbpipe.tables import (
-    add_global_indexes,
-    check_key_schema,
-    create_table,
-    provisioned_write_capacity,
-)
+from ddbpipe.schema import key_attributes, provisioned_units
+from ddbpipe.tables import add_global_indexes, check_key_schema, create_table
 from tests.test_schema import SCHEMA, SOURCE_DESCRIPTION
 
 
@@ -62,7 +57,7 @@ def test_create_table_then_indexes_on_dynamodb_local(dynamodb_local: Any,
         assert gsi["IndexName"] == "by-email" and gsi["IndexStatus"] == "ACTIVE"
         assert gsi["Projection"] == {"ProjectionType": "KEYS_ONLY"}
         assert final["LocalSecondaryIndexes"][0]["IndexName"] == "by-lsi"
-        assert provisioned_write_capacity(final) == 6
+        assert provisioned_units(final, "Write") == 6
         ttl = dynamodb_client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
         assert ttl["AttributeName"] == "expires"
     finally:
@@ -70,5 +65,6 @@ def test_create_table_then_indexes_on_dynamodb_local(dynamodb_local: Any,
 
 
 def test_on_demand_table_has_no_provisioned_capacity() -> None:
-    assert provisioned_write_capacity({"BillingModeSummary": {"BillingMode": "PAY_PER_REQUEST"},
-                                       "ProvisionedThroughput": {"WriteCapacityUnits": 0}}) is None
+    assert provisioned_units({"BillingModeSummary": {"BillingMode": "PAY_PER_REQUEST"},
+                              "ProvisionedThroughput": {"WriteCapacityUnits": 0}},
+                             "Write") is None
