@@ -169,6 +169,8 @@ class Recorders:
         try:
             yield
         finally:
+            # Calls a stopped job left in flight belong to it, not to the next recording.
+            assert self.dynamodb.wait_idle() and self.s3.wait_idle()
             into.extend(self.dynamodb.calls() + self.s3.calls())
 
 

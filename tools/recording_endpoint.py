@@ -202,7 +202,9 @@ class _Recorder:
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._in_flight = 0
+        self._arrivals = 0
         self._calls: list[RecordedCall] = []
         self._answers: dict[str, dict[str, Any]] = {}
         self._refusals: dict[str, _Refusal] = {}
@@ -216,6 +218,18 @@ class _Recorder:
             await self._session.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self._in_flight += 1
+            self._arrivals += 1
+            self._lock.notify_all()
+        try:
+            return await self._handle(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._lock.notify_all()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         service = _service(request.headers)
         operation, parameters = _operation(service, request, body)
@@ -251,6 +265,15 @@ class _Recorder:
         with self._lock:
             return list(self._calls)
 
+    def wait_idle(self, timeout: float, quiet: float) -> bool:
+        """Idle: nothing in flight, and nothing new arrived for ``quiet`` seconds."""
+        with self._lock:
+            while self._lock.wait_for(lambda: self._in_flight == 0, timeout):
+                arrivals = self._arrivals
+                if not self._lock.wait_for(lambda: self._arrivals != arrivals, quiet):
+                    return True
+            return False
+
     def clear(self) -> None:
         with self._lock:
             self._calls.clear()
@@ -276,6 +299,12 @@ class RecordingEndpoint(LoopbackServer):
     def calls(self) -> list[RecordedCall]:
         """Every call recorded so far, in the order their replies were made."""
         return self._recorder.calls()
+
+    def wait_idle(self, timeout: float = 30.0, quiet: float = 0.1) -> bool:
+        """Wait until no request is being answered or arriving. A client that gave up on a
+        request (a cancelled job) leaves it to finish here, and be recorded, after the job
+        returned."""
+        return self._recorder.wait_idle(timeout, quiet)
 
     def clear(self) -> None:
         """Forget the calls recorded so far."""
