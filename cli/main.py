@@ -52,9 +52,11 @@ from .options import (
     EndpointUrl,
     ExpectedBucketOwner,
     JsonOutput,
+    PointInTime,
     Profile,
     Region,
     S3EndpointUrl,
+    Staging,
 )
 from .output import (
     JobDisplay,
@@ -245,6 +247,8 @@ def export(
     cluster: ClusterOption = None,
     provision_rcu: Annotated[int | None, _provision_option("read capacity")] = None,
     provision_anyway: ProvisionAnyway = False,
+    point_in_time: PointInTime = None,
+    staging: Staging = None,
     json_output: JsonOutput = False,
     region: Region = None,
     profile: Profile = None,
@@ -258,6 +262,9 @@ def export(
     An archive, encrypted, locked for 7 years and cold (docs/ARCHIVING.md): ddbpipe export
     orders s3://vault/orders/2026-12 --sse aws:kms --sse-kms-key-id alias/archive
     --object-lock-mode COMPLIANCE --retain-for 7y --storage-class DEEP_ARCHIVE
+
+    A consistent snapshot (point-in-time recovery on): ddbpipe export orders
+    s3://archive/orders/2026-12-01 --point-in-time 2026-12-01T00:00:00Z
     """
     progress = JobProgress()
 
@@ -283,7 +290,7 @@ def export(
             compression=cast(Compression | None, compression),
             max_rcu=max_rcu, page_size=page_size, consistent_read=consistent_read,
             resume=resume, archive=archive, cluster=cluster, provision_rcu=provision_rcu,
-            provision_anyway=provision_anyway,
+            provision_anyway=provision_anyway, point_in_time=point_in_time, staging=staging,
             aws=_aws(region, profile, endpoint_url, s3_endpoint_url, expected_bucket_owner),
         )
 
@@ -292,10 +299,11 @@ def export(
         lambda: JobDisplay("export", progress, export_detail),
         interrupted_hint=f"continue with: ddbpipe export {table} {dest} --resume",
     )
+    as_of = f" as of {summary.point_in_time}" if summary.point_in_time else ""
     report(
         summary.to_dict(),
         json_output,
-        f"exported {summary.items:,} items from {summary.table} to {summary.destination} in "
+        f"exported {summary.items:,} items from {summary.table}{as_of} to {summary.destination} in "
         f"{summary.seconds:.1f} s ({summary.items / max(summary.seconds, 1e-9):,.0f} items/s): "
         f"{summary.shards} shards, {mb(summary.stored_bytes)} stored "
         f"({mb(summary.raw_bytes)} of DynamoDB JSON), {summary.consumed_rcu:,.1f} RCU, "

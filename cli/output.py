@@ -54,6 +54,8 @@ def report(summary: dict[str, Any], json_output: bool, line: str) -> None:
 
 
 def export_detail(p: JobProgress) -> str:
+    if p.waiting_for:
+        return p.waiting_for
     return (
         f"{p.items:,} items  {mb(p.raw_bytes)}  {p.items_per_second:,.0f} items/s  "
         f"{p.capacity_per_second:,.1f} RCU/s{_of_budget(p)}  {_throttles(p)}  "

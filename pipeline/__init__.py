@@ -48,6 +48,7 @@ from .errors import (
     DestinationExistsError,
     FormatVersionError,
     FrozenDataError,
+    PointInTimeError,
     ResumeError,
     SchemaMismatchError,
     ServiceUnavailableError,
@@ -97,6 +98,7 @@ __all__ = [
     "JobPlan",
     "JobProgress",
     "ListedExport",
+    "PointInTimeError",
     "ResumeError",
     "SchemaMismatchError",
     "ServiceUnavailableError",
@@ -241,6 +243,8 @@ def export_table(
     cluster: object | None = None,
     provision_rcu: int | None = None,
     provision_anyway: bool = False,
+    point_in_time: str | None = None,
+    staging: str | None = None,
     progress: JobProgress | None = None,
 ) -> ExportSummary:
     """Export ``table`` to ``destination`` (a local directory or ``s3://bucket/prefix``).
@@ -253,7 +257,9 @@ def export_table(
     use ``export_table_async``. ``cluster``: run the segments on Dask, ``"local:N"``, a
     scheduler's address or a ``distributed.Client`` (docs/SCALING.md). ``provision_rcu``:
     the table's read capacity raised to that for the export and put back after
-    (docs/OPERATIONS.md).
+    (docs/OPERATIONS.md). ``point_in_time``: ``"latest"`` or an ISO 8601 time: a consistent
+    snapshot, exported by DynamoDB from point-in-time recovery into ``staging`` (an s3://
+    place; default: under the destination's state) and converted (docs/OPERATIONS.md).
     """
     if isinstance(table, ExportOptions):
         _only_the_options("ExportOptions", locals(), "table")
@@ -274,6 +280,8 @@ def export_table(
             cluster=None if cluster is None else _scheduler_address(cluster),
             provision_rcu=provision_rcu,
             provision_anyway=provision_anyway,
+            point_in_time=point_in_time,
+            staging=staging,
         )
     return _asyncio.run(export_table_async(options, progress=progress))
 

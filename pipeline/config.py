@@ -232,6 +232,23 @@ def parse_retain_until(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+#: ``--point-in-time latest``: the newest time DynamoDB can export (about five minutes ago).
+LATEST = "latest"
+
+
+def parse_point_in_time(text: str) -> datetime | None:
+    """``--point-in-time``: ``latest`` (None) or an ISO 8601 time, UTC unless it says."""
+    if text == LATEST:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--point-in-time {text!r}: give 'latest' or a time like 2026-12-01T09:30:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def parse_tag(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` (the value may be empty)."""
     key, equals, value = text.partition("=")
@@ -291,9 +308,15 @@ class ExportOptions:
     #: The table's read capacity raised to this for the job and put back after (provision.py).
     provision_rcu: int | None = None
     provision_anyway: bool = False
+    #: A point-in-time export (point_in_time.py): "latest" or an ISO 8601 time. None: a Scan
+    #: for a new export, whatever the saved export did for --resume.
+    point_in_time: str | None = None
+    #: Where DynamoDB writes its native export first (s3://...; default: under DEST's state).
+    staging: str | None = None
 
     def __post_init__(self) -> None:
         check_provision(self.provision_rcu, self.provision_anyway, "--provision-rcu")
+        self._check_point_in_time()
         owner = ["--expected-bucket-owner"] if self.aws.expected_bucket_owner else []
         refuse_s3_only(self.destination, (self.archive.given if self.archive else []) + owner)
         if self.format is not None and self.format not in FORMATS:
@@ -320,6 +343,34 @@ class ExportOptions:
     def provision_state(self) -> str:
         """Where a raised capacity's originals are written down (a local file)."""
         return f"ddbpipe-export-{self.table}.provision.json"
+
+    def _check_point_in_time(self) -> None:
+        if self.point_in_time is None:
+            if self.staging is not None:
+                raise ConfigError("--staging is only for --point-in-time: drop it")
+            return
+        parse_point_in_time(self.point_in_time)
+        scan_only = [flag for flag, value in (
+            ("--segments", self.segments), ("--max-rcu", self.max_rcu),
+            ("--page-size", self.page_size), ("--consistent-read", self.consistent_read or None),
+            ("--cluster", self.cluster), ("--provision-rcu", self.provision_rcu),
+        ) if value is not None]
+        if scan_only:
+            raise ConfigError(
+                f"{', '.join(scan_only)}: a point-in-time export reads no table capacity "
+                "(DynamoDB exports the data itself): drop them, or export without "
+                "--point-in-time"
+            )
+        if self.staging is not None and not self.staging.startswith("s3://"):
+            raise ConfigError(
+                f"--staging {self.staging}: DynamoDB exports only to S3: give an s3:// location"
+            )
+        if self.staging is None and not self.destination.startswith("s3://"):
+            raise ConfigError(
+                f"--point-in-time with the local directory {self.destination}: DynamoDB exports "
+                "only to S3, so give --staging s3://bucket/prefix for its native export (or an "
+                "s3:// DEST)"
+            )
 
 
 def check_provision(units: int | None, anyway: bool, option: str) -> None:

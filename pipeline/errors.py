@@ -21,6 +21,7 @@ the one line the user sees (it names the table, bucket, file or option, and what
         ├── DestinationExistsError    DEST already holds a finished export (archives are write-once)
         ├── ResumeError               --resume with nothing (or something else) to resume
         ├── SchemaMismatchError       the target table's keys are not the source's keys
+        ├── PointInTimeError          DynamoDB cannot export the table at the time asked
         ├── CorruptDataError          checksum mismatch, undecodable shard, malformed manifest
         └── FormatVersionError        a manifest written by a newer, unknown format version
 """
@@ -41,6 +42,7 @@ __all__ = [
     "DestinationExistsError",
     "FormatVersionError",
     "FrozenDataError",
+    "PointInTimeError",
     "ResumeError",
     "SchemaMismatchError",
     "ServiceUnavailableError",
@@ -141,6 +143,11 @@ class ResumeError(TerminalError):
 
 class SchemaMismatchError(TerminalError):
     """The target table's key schema differs from the source's; nothing is written."""
+
+
+class PointInTimeError(TerminalError):
+    """DynamoDB cannot export the table at the time asked: point-in-time recovery is off, the
+    time is outside its window, or its export failed."""
 
 
 class CorruptDataError(TerminalError):

@@ -34,11 +34,13 @@ from .manifest import (
     final_documents,
     segment_state_key,
 )
+from .point_in_time import check_snapshot_time, point_in_time_of, remove_staging, snapshot_segments
 from .process_memory import use_lean_memory
 from .progress import JobProgress
 from .provision import capacity_for_job
 from .retry import Clock, SystemClock
 from .scan import (
+    PageSource,
     ReadBudget,
     SegmentTask,
     plan_segments,
@@ -70,6 +72,8 @@ class ExportSummary:
     compression: str
     segments: int
     resumed: bool
+    #: A point-in-time export: the time its data is of (ISO 8601 UTC); None for a Scan.
+    point_in_time: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +104,8 @@ async def run_export(
             ))
             description = await client.describe_table(options.table)
             refuse_a_table_being_deleted(description, "there is nothing to export")
+            if options.point_in_time is not None and not options.resume:
+                await check_snapshot_time(client, options.table, options.point_in_time)
             await stack.enter_async_context(capacity_for_job(
                 client, options.table, read=options.provision_rcu,
                 state=Path(options.provision_state), aws_options=options.aws,
@@ -111,7 +117,10 @@ async def run_export(
             cores = await cluster.threads() * SEGMENTS_PER_CLUSTER_THREAD if cluster else None
             plan, checkpoints = await _prepare(options, store, client, description, cores)
             _start_progress(progress, options, plan, checkpoints, description)
-            if cluster is None:
+            if plan.point_in_time is not None:
+                plan, finals = await _convert_snapshot(options, plan, checkpoints, client,
+                                                       store, progress)
+            elif cluster is None:
                 client.on_throttle = progress.add_throttle
                 finals = await _run_segments(options, plan, checkpoints, client, store,
                                              progress)
@@ -121,6 +130,7 @@ async def run_export(
         manifest = await _commit(store, plan, finals, clock)
     finally:
         await store.close()
+    await remove_staging(plan, options.aws, clock)
     return ExportSummary(
         export_id=plan.export_id,
         table=plan.table_name,
@@ -135,6 +145,7 @@ async def run_export(
         compression=plan.compression,
         segments=plan.segments,
         resumed=options.resume,
+        point_in_time=plan.snapshot_time if plan.point_in_time else None,
     )
 
 
@@ -191,8 +202,8 @@ async def _new_plan(
         region=client.region,
         data_format=export_format,
         compression=options.compression or "zstd",
-        segments=options.segments or plan_segments(int(description.get("TableSizeBytes", 0)),
-                                                   cores),
+        segments=0 if options.point_in_time else options.segments or plan_segments(
+            int(description.get("TableSizeBytes", 0)), cores),
         consistent_read=options.consistent_read,
         shard_bytes=options.shard_bytes or default_shard_bytes(export_format),
         start_time=utc_timestamp(client.clock),
@@ -201,6 +212,8 @@ async def _new_plan(
         archive=(options.archive or ArchiveOptions()).resolved(
             datetime.fromtimestamp(client.clock.time(), UTC)
         ),
+        # A point-in-time export's segments are the native export's files, known later.
+        point_in_time=point_in_time_of(options),
     )
 
 
@@ -215,6 +228,10 @@ def _check_resume_matches(options: ExportOptions, plan: ExportPlan, store: Objec
         )
         if asked is not None and asked != saved
     ]
+    snapshot = plan.point_in_time.requested if plan.point_in_time else None
+    if options.point_in_time is not None and options.point_in_time != snapshot:
+        differences.append(f"--point-in-time {options.point_in_time} (it has "
+                           f"{snapshot or 'none: a Scan'})")
     if options.archive is not None and not _same_archive(options.archive, plan.archive):
         differences.append(f"archive options {', '.join(options.archive.given) or 'none'} "
                            f"(it has {', '.join(plan.archive.given) or 'none'})")
@@ -312,6 +329,33 @@ def _segment_task(options: ExportOptions, plan: ExportPlan, segment: int) -> Seg
         page_size=options.page_size,
         archive=plan.archive,
     )
+
+
+async def _convert_snapshot(
+    options: ExportOptions,
+    plan: ExportPlan,
+    checkpoints: list[SegmentCheckpoint],
+    client: DynamoClient,
+    store: ObjectStore,
+    progress: JobProgress,
+) -> tuple[ExportPlan, list[SegmentCheckpoint]]:
+    """A point-in-time export: DynamoDB's native export made our segments (point_in_time.py)."""
+    plan, segments = await snapshot_segments(plan, checkpoints, client=client, store=store,
+                                             aws=options.aws, progress=progress)
+    running = asyncio.Semaphore(options.max_concurrency)
+
+    async def one_segment(checkpoint: SegmentCheckpoint, pages: PageSource) -> SegmentCheckpoint:
+        async with running:
+            return await run_segment(_segment_task(options, plan, checkpoint.segment),
+                                     checkpoint, client=None, store=store, progress=progress,
+                                     pages=pages)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one_segment(*segment)) for segment in segments]
+    except BaseExceptionGroup as group_error:
+        raise first_error(group_error) from None
+    return plan, [task.result() for task in tasks]
 
 
 # --- the scan on a cluster -------------------------------------------------------------------

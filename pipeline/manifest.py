@@ -99,6 +99,23 @@ class SegmentCheckpoint:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PointInTime:
+    """A point-in-time export's snapshot: what was asked, and DynamoDB's native export of it
+    (filled in as the export gets there; docs/FORMAT.md)."""
+
+    #: "latest" or the ISO 8601 time asked for.
+    requested: str
+    #: Where DynamoDB writes its native export (an s3:// location).
+    staging: str
+    #: The native export's ARN, once requested.
+    export_arn: str = ""
+    #: The time the export is a snapshot of (ISO 8601 UTC, as DynamoDB reports it).
+    export_time: str = ""
+    #: Native exports asked for before this one that failed (each needs its own ClientToken).
+    attempt: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExportPlan:
     """What an export is, fixed when it starts; saved first so ``--resume`` can continue it."""
 
@@ -118,6 +135,16 @@ class ExportPlan:
     table: dict[str, Any] = field(default_factory=dict)
     #: How S3 keeps the export's objects (``retain_for`` already turned into a date).
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
+    #: A point-in-time export's snapshot; None for a Scan.
+    point_in_time: PointInTime | None = None
+
+    @property
+    def snapshot_time(self) -> str:
+        """The time the data is of: a snapshot's, else the Scan's start (the earliest a
+        write can be missed)."""
+        if self.point_in_time is not None and self.point_in_time.export_time:
+            return self.point_in_time.export_time
+        return self.start_time
 
 
 def segment_state_key(segment: int) -> str:
@@ -192,10 +219,11 @@ def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
             **{
                 name: document[name]
                 for name in ExportPlan.__dataclass_fields__
-                if name not in ("key_attributes", "archive")
+                if name not in ("key_attributes", "archive", "point_in_time")
             },
             key_attributes=tuple((n, t) for n, t in document["key_attributes"]),
             archive=archive_from_record(document.get("archive")),
+            point_in_time=_point_in_time(document.get("point_in_time")),
         )
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CorruptDataError(f"{what} is missing or has a wrong field ({error})") from None
@@ -206,6 +234,10 @@ def decode_plan(data: bytes, what: str = STATE_KEY) -> ExportPlan:
             f"{plan.compression!r})"
         )
     return plan
+
+
+def _point_in_time(record: dict[str, Any] | None) -> PointInTime | None:
+    return None if record is None else PointInTime(**record)
 
 
 def encode_checkpoint(checkpoint: SegmentCheckpoint) -> bytes:
@@ -287,12 +319,21 @@ def encode_manifest(manifest: ExportManifest) -> bytes:
             "stored_bytes": manifest.stored_bytes,
             "raw_bytes": manifest.raw_bytes,
             "consumed_rcu": round(manifest.consumed_rcu, 3),
-            "snapshot_note": SNAPSHOT_NOTE,
+            "snapshot_note": snapshot_note(manifest.plan),
             "aws_manifests": manifest.has_aws_manifests,
             "table": table,
             "shards": [asdict(shard) for shard in manifest.shards],
         }
     )
+
+
+def snapshot_note(plan: ExportPlan) -> str:
+    """What the export's data is a copy of, for the manifest's reader."""
+    snapshot = plan.point_in_time
+    if snapshot is None:
+        return SNAPSHOT_NOTE
+    return (f"A point-in-time snapshot: the table as it was at {snapshot.export_time}, from "
+            f"DynamoDB's export {snapshot.export_arn}.")
 
 
 def decode_manifest(data: bytes, what: str = MANIFEST_KEY) -> ExportManifest:
@@ -403,8 +444,7 @@ def aws_manifest_summary(manifest: ExportManifest, bucket: str | None, root_key:
             "endTime": manifest.end_time,
             "tableArn": plan.table_arn,
             "tableId": plan.table_id,
-            # A Scan has no single export time; the start is the earliest a write can be missed.
-            "exportTime": plan.start_time,
+            "exportTime": plan.snapshot_time,
             "s3Bucket": bucket,
             "s3Prefix": prefix or None,
             "s3SseAlgorithm": _AWS_SSE_NAMES.get(plan.archive.sse or ""),

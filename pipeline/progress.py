@@ -33,6 +33,9 @@ class JobProgress:
     workers_busy: int = 0
     #: DynamoDB's estimate of the table's item count (refreshed about every 6 hours by AWS).
     items_estimate: int = 0
+    #: What the job waits for while it moves no items (a point-in-time export waiting for
+    #: DynamoDB's own export); "" while items move.
+    waiting_for: str = ""
     #: Where the rates and the ETA read the time.
     clock: Clock = field(default_factory=SystemClock, repr=False, compare=False)
     started: float = field(init=False)

@@ -214,27 +214,37 @@ def plan_segments(table_size_bytes: int, cores: int | None = None) -> int:
     return max(1, min(MAX_AUTO_SEGMENTS, max(by_size, cores or os.cpu_count() or 1)))
 
 
+#: Where a segment's pages come from other than a Scan, from a position (a page's
+#: ``last_evaluated_key``; None for the start): a point-in-time export's native data file.
+PageSource = Callable[[dict[str, Any] | None], AsyncGenerator[ScanPage, None]]
+
+
 @dataclass
 class _Resources:
-    client: DynamoClient
+    client: DynamoClient | None
     store: ObjectStore
     progress: JobProgress
     read_budget: ReadBudget | None
+    pages: PageSource | None = None
 
 
 async def run_segment(
     task: SegmentTask,
     checkpoint: SegmentCheckpoint,
     *,
-    client: DynamoClient,
+    client: DynamoClient | None,
     store: ObjectStore,
     progress: JobProgress,
     read_budget: ReadBudget | None = None,
+    pages: PageSource | None = None,
 ) -> SegmentCheckpoint:
-    """Scan the segment from its checkpoint to the end; return the final checkpoint."""
+    """Scan the segment from its checkpoint to the end; return the final checkpoint.
+
+    ``pages``: read the segment's pages from there instead of a Scan (then ``client`` may be
+    None); shards and checkpoints are made of them the same way."""
     if checkpoint.done:
         return checkpoint
-    resources = _Resources(client, store, progress, read_budget)
+    resources = _Resources(client, store, progress, read_budget, pages)
     return await _SegmentScan(task, checkpoint, resources).run()
 
 
@@ -255,8 +265,11 @@ class _SegmentScan:
                 self.writer.discard()
         return self.checkpoint
 
-    async def _scan_to_end(self) -> None:
-        pages = scan_pages(
+    def _pages(self) -> AsyncGenerator[ScanPage, None]:
+        if self.res.pages is not None:
+            return self.res.pages(self.checkpoint.last_key)
+        assert self.res.client is not None, "a Scan needs a client"
+        return scan_pages(
             self.res.client,
             self.task.table,
             segment=self.task.segment,
@@ -266,6 +279,9 @@ class _SegmentScan:
             page_size=self.task.page_size,
             start_key=self.checkpoint.last_key,
         )
+
+    async def _scan_to_end(self) -> None:
+        pages = self._pages()
         async with contextlib.aclosing(pages):
             async for page in pages:
                 await self._take_page(page)

@@ -24,7 +24,7 @@ from .aws_export import nested_aws_export, open_aws_export
 from .common import ImportSource, SourceFile, SourceKind
 from .ddbpipe_export import find_ddbpipe_export
 from .ndjson_files import open_ndjson_files
-from .reading import RECORDS_PER_BATCH, read_records
+from .reading import RECORDS_PER_BATCH, read_items, read_records
 
 __all__ = [
     "RECORDS_PER_BATCH",
@@ -32,6 +32,7 @@ __all__ = [
     "SourceFile",
     "SourceKind",
     "open_source",
+    "read_items",
     "read_records",
 ]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TypeVar
 
 from ..errors import ResumeError
 from ..integrity import check_count, check_stored_bytes, stop_at_first
@@ -23,7 +24,9 @@ from ..storage import ObjectStore
 from .aws_export import change_of_line
 from .common import ImportSource, SourceFile, SourceKind, location_prefix
 
-__all__ = ["RECORDS_PER_BATCH", "read_records"]
+__all__ = ["RECORDS_PER_BATCH", "read_items", "read_records"]
+
+T = TypeVar("T")
 
 #: Records handed out per batch: small enough to interleave files, big enough to amortise.
 #: An import holds up to two batches per file it reads (one in hand, one read ahead), about
@@ -55,6 +58,39 @@ async def read_records(
     failed. A file with fewer than ``start`` records raises ``ResumeError``: it changed since
     a checkpoint counted them.
     """
+
+    def records(numbered: Iterator[tuple[int, bytes]], where: str) -> Iterator[WriteRecord]:
+        maker = RecordMaker(file.key, where, table_keys, first_position=start)
+        return _records(numbered, source.kind, where, maker)
+
+    async for batch in _read_file(store, source, file, start, records):
+        yield batch
+
+
+async def read_items(
+    store: ObjectStore, source: ImportSource, file: SourceFile, *, start: int = 0
+) -> AsyncIterator[list[bytes]]:
+    """The items (DynamoDB JSON) of a file of items (a ddbpipe or full AWS export) from
+    position ``start`` on, in batches, checked as ``read_records`` checks them."""
+    if source.kind not in _ITEM_KINDS:
+        raise ValueError(f"{file.key} holds changes, not items")
+
+    def items(numbered: Iterator[tuple[int, bytes]], where: str) -> Iterator[bytes]:
+        return (item for _, item in numbered)
+
+    async for batch in _read_file(store, source, file, start, items):
+        yield batch
+
+
+async def _read_file(
+    store: ObjectStore,
+    source: ImportSource,
+    file: SourceFile,
+    start: int,
+    convert: Callable[[Iterator[tuple[int, bytes]], str], Iterator[T]],
+) -> AsyncIterator[list[T]]:
+    """The one pass of ``read_records`` and ``read_items``: fetch, check, skip to ``start``,
+    then ``convert`` the numbered records a batch at a time, and check the count at the end."""
     prefix = location_prefix(store)
     # Fetched whole, hashed as it arrives (in a thread, beside the writes), and checked
     # before any record. Decoding stays on the loop: in a thread it would only contend for
@@ -69,9 +105,8 @@ async def read_records(
                 f"{where} holds {counted} records, fewer than the {start} a checkpoint counts "
                 "as written: it changed since the import began, so start the import over"
             )
-        maker = RecordMaker(file.key, where, table_keys, first_position=start)
-        records = _records(numbered, source.kind, where, maker)
-        while batch := list(itertools.islice(records, RECORDS_PER_BATCH)):
+        converted = convert(numbered, where)
+        while batch := list(itertools.islice(converted, RECORDS_PER_BATCH)):
             counted += len(batch)
             yield batch
             await asyncio.sleep(0)  # a turn for the replies between batches
