@@ -244,3 +244,45 @@ def test_a_stopped_point_in_time_export_resumes_with_the_same_native_export(
     assert as_wire(exported_items(s3_client, s3_bucket, "r")) == sorted_items(items)
     assert len(native_exports(dynamodb, table)) == 1
     assert not keys_under(s3_client, s3_bucket, f"r/{STATE_PREFIX}")
+
+
+def test_a_failed_native_export_is_one_error_and_resume_asks_for_a_new_one(
+    dynamodb_local: Any, s3_server: Any, s3_client: Any, s3_bucket: str,
+) -> None:
+    # Its own endpoint: DynamoDB takes 2 s, time to take the staging bucket away meanwhile.
+    with start_native_export_endpoint(dynamodb_local.endpoint, s3_server.endpoint,
+                                      export_seconds=2.0) as slow:
+        client = boto3.client("dynamodb", endpoint_url=slow.endpoint, region_name=REGION)
+        table = f"pitr-{uuid.uuid4().hex[:10]}"
+        client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}])
+        recovery_on(client, table)
+        put_items(client, table, plain_items(30))
+        staging = f"ddbpipe-staging-{uuid.uuid4().hex[:8]}"
+        s3_client.create_bucket(Bucket=staging)
+        aws = AwsOptions(endpoint_url=slow.endpoint, s3_endpoint_url=s3_server.endpoint,
+                         region=REGION)
+        options = ExportOptions(table=table, destination=f"s3://{s3_bucket}/f",
+                                point_in_time="latest", staging=f"s3://{staging}/s", aws=aws)
+
+        async def without_its_bucket() -> None:
+            progress = JobProgress()
+            job = asyncio.create_task(run_export(options, progress))
+            while not progress.waiting_for and not job.done():
+                await asyncio.sleep(0.002)
+            for key in keys_under(s3_client, staging, ""):
+                s3_client.delete_object(Bucket=staging, Key=key)
+            s3_client.delete_bucket(Bucket=staging)
+            await job
+
+        with pytest.raises(ddbpipe.PointInTimeError) as raised:
+            asyncio.run(without_its_bucket())
+        assert "failed: S3NoSuchBucket" in str(raised.value)
+        assert "--resume" in str(raised.value)
+        s3_client.create_bucket(Bucket=staging)
+        summary = ddbpipe.export_table(ExportOptions(
+            table=table, destination=f"s3://{s3_bucket}/f", resume=True, aws=aws))
+        assert summary.items == 30
+        assert len(native_exports(client, table)) == 2  # the failed one, and a new one
+        client.delete_table(TableName=table)
