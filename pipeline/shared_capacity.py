@@ -329,6 +329,9 @@ class LeasedBucket:
     def set_rate(self, rate: float) -> None:
         """The account's controller sets the rate; a worker's has nothing to set."""
 
+    def drain(self) -> None:
+        """The account's controller drains the account's bucket; a lease is spent as taken."""
+
     def follow(self, update_rate: Callable[[], None], *, every: float) -> None:
         """Nothing to follow: the account's controller moves with the account's clock."""
 

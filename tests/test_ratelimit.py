@@ -482,3 +482,46 @@ def test_re_cuts_in_one_congestion_stop_at_what_the_table_delivered() -> None:
         rates.append(controller.rate)
     # Not 490, 343, 240, 168 (0.7 each time): the rate the table delivered since it began.
     assert rates == pytest.approx([600] * 4, rel=0.02)
+
+
+def test_before_delivered_is_known_only_the_first_congestion_re_cuts_and_only_once() -> None:
+    clock = ManualClock()
+    controller = AdaptiveRate(1000, clock=clock, cooldown=1.0)
+    clock.advance(0.1)
+    assert controller.on_throttle(controller.now())
+    clock.advance(0.01)
+    sent = controller.now()
+    clock.advance(0.01)
+    assert controller.on_throttle(sent)  # the slow start's overshoot: one more cut by beta
+    assert controller.rate == pytest.approx(490)
+    clock.advance(0.01)
+    sent = controller.now()
+    clock.advance(0.01)
+    assert not controller.on_throttle(sent), "a second blind re-cut"
+    assert controller.rate == pytest.approx(490)
+    # A later congestion: one cut; the calls throttled just after it meet the table's
+    # momentary shortage, and do not cut again before the delivered rate can be told.
+    clock.advance(30.0)
+    for _ in range(10):  # the table takes all that is sent
+        clock.advance(0.05)
+        controller.on_success(controller.rate * 0.05)
+    risen = controller.rate
+    assert controller.on_throttle(controller.now())
+    assert controller.rate == pytest.approx(risen * 0.7)
+    clock.advance(0.01)
+    sent = controller.now()
+    clock.advance(0.02)
+    assert not controller.on_throttle(sent)
+    assert controller.rate == pytest.approx(risen * 0.7)
+
+
+def test_a_cut_drains_the_credit_the_bucket_saved() -> None:
+    clock = ManualClock()
+    bucket = TokenBucket(1000, burst=500, clock=clock)
+    controller = AdaptiveRate(1000, clock=clock, bucket=bucket)
+    assert bucket.balance == pytest.approx(500)
+    assert controller.on_throttle(controller.now())
+    assert bucket.balance == pytest.approx(0)
+    bucket.charge(100)
+    bucket.drain()  # a debt stays to be paid off
+    assert bucket.balance == pytest.approx(-100)
