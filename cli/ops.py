@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ddbpipe.config import AwsOptions
-from ddbpipe.iam_policy import JOBS, iam_policy_for
+from ddbpipe.iam_policy import JOBS, PLANS, iam_policy_for
 from ddbpipe.plan import ExportChoices, JobPlan, run_plan_export, run_plan_import
 
 from .options import EndpointUrl, ExpectedBucketOwner, JsonOutput, Profile, Region, S3EndpointUrl
@@ -44,10 +44,12 @@ def _job_option(help: str, *names: str) -> Any:
 
 def iam_policy(
     job: Annotated[str, typer.Argument(
-        metavar="JOB", help=f"The job the policy is for: {', '.join(JOBS)}.")],
+        metavar="JOB", help=f"The job the policy is for: {', '.join(JOBS)}; or "
+        f"{' or '.join(PLANS)}, what 'ddbpipe plan export' or 'plan import' reads.")],
     table: Annotated[str | None, typer.Option(
-        help="export, import: the table. verify: the table of its restore drill "
-        "(--against-table); without it the drill's statements are left out.",
+        help="export, import, plan-export: the table. verify: the table of its restore drill "
+        "(--against-table); without it the drill's statements are left out. plan-import: the "
+        "plan's --table, if given.",
         metavar="TABLE")] = None,
     bucket: Annotated[str | None, typer.Option(
         help="The bucket of the job's s3://BUCKET/PREFIX. Leave it out when the job's "
@@ -63,7 +65,8 @@ def iam_policy(
         "decrypt. Not needed for S3's own aws/s3 key.", metavar="ARN")] = None,
     create_table: Annotated[bool, _job_option(
         "import: the import creates the table (CreateTable with its saved tags, TTL, and "
-        "the GSIs by UpdateTable on the table and its indexes).", "--create-table")] = False,
+        "the GSIs by UpdateTable on the table and its indexes). plan-import: the plan's "
+        "--create-table (it only checks the table is not there).", "--create-table")] = False,
     without_indexes: Annotated[bool, _job_option(
         "import: with --create-table, the GSIs are not added.", "--without-indexes")] = False,
     resume: Annotated[bool, _job_option(
@@ -75,6 +78,17 @@ def iam_policy(
         "--object-lock")] = False,
     legal_hold: Annotated[bool, _job_option("export: with --legal-hold.", "--legal-hold")] = False,
     tags: Annotated[bool, _job_option("export: with --tag.", "--tags")] = False,
+    provision: Annotated[bool, _job_option(
+        "export, import: with --provision-rcu / --provision-wcu (UpdateTable of the table, "
+        "and of its GSIs for import; Application Auto Scaling's DescribeScalableTargets, and "
+        "RegisterScalableTarget for an auto-scaled table). Also for the next run on the "
+        "table after a killed --provision-* run: it puts that raise back.",
+        "--provision")] = False,
+    point_in_time: Annotated[bool, _job_option(
+        "export: with --point-in-time (DescribeContinuousBackups, ExportTableToPointInTime, "
+        "DescribeExport; and what DynamoDB writes as you into DEST's state folder, then "
+        "read and removed). A --staging place elsewhere needs the two staging statements "
+        "on that place instead.", "--point-in-time")] = False,
     region: Annotated[str | None, typer.Option(
         help="Region of the ARNs (default: AWS_REGION or the profile's). With --account also "
         "given, nothing at all is called.")] = None,
@@ -89,15 +103,17 @@ def iam_policy(
     Each action is named and scoped: the table's ARN, the objects under the prefix, listings
     of the prefix, deletes of the export's own state, the given KMS key. Give the options of
     the job that change what it calls (the export's --resume and archive options, the
-    import's --create-table); the policy is what the job may call with them. Attach it to
-    the role that runs the job (docs/OPERATIONS.md). Example: ddbpipe iam-policy export
-    --table orders --bucket archive --prefix orders/2026-12 > export-policy.json
+    import's --create-table, --provision for --provision-rcu/--provision-wcu); the policy is
+    what the job may call with them. Attach it to the role that runs the job
+    (docs/OPERATIONS.md). Examples: ddbpipe iam-policy export --table orders --bucket archive
+    --prefix orders/2026-12 > export-policy.json; ddbpipe iam-policy plan-import --bucket
+    archive --prefix orders/2026-12 --table orders-copy
     """
     generate = functools.partial(
         iam_policy_for, job, table=table, bucket=bucket, prefix=prefix, kms_key_arn=kms_key_arn,
         create_table=create_table, without_indexes=without_indexes, resume=resume,
-        object_lock=object_lock, legal_hold=legal_hold, tags=tags, region=region,
-        account=account, profile=profile,
+        object_lock=object_lock, legal_hold=legal_hold, tags=tags, provision=provision,
+        point_in_time=point_in_time, region=region, account=account, profile=profile,
     )
     # STS, when it is asked, is called in a thread; errors are one line, as every command's.
     policy = run_job(lambda: asyncio.to_thread(generate), lambda: None, interrupted_hint="")

@@ -162,6 +162,13 @@ OPERATION_PERMISSIONS: dict[str, str] = {
     "dynamodb:CreateTable": "dynamodb:CreateTable",
     "dynamodb:UpdateTable": "dynamodb:UpdateTable",
     "dynamodb:UpdateTimeToLive": "dynamodb:UpdateTimeToLive",
+    "dynamodb:DescribeContinuousBackups": "dynamodb:DescribeContinuousBackups",
+    "dynamodb:ExportTableToPointInTime": "dynamodb:ExportTableToPointInTime",
+    "dynamodb:DescribeExport": "dynamodb:DescribeExport",
+    "application-autoscaling:DescribeScalableTargets":
+        "application-autoscaling:DescribeScalableTargets",
+    "application-autoscaling:RegisterScalableTarget":
+        "application-autoscaling:RegisterScalableTarget",
     # S3 authorises several operations by one action.
     "s3:ListObjectsV2": "s3:ListBucket",
     "s3:GetObjectLockConfiguration": "s3:GetBucketObjectLockConfiguration",
@@ -172,6 +179,8 @@ OPERATION_PERMISSIONS: dict[str, str] = {
     "s3:UploadPart": "s3:PutObject",
     "s3:CompleteMultipartUpload": "s3:PutObject",
     "s3:AbortMultipartUpload": "s3:AbortMultipartUpload",
+    # Made by DynamoDB, as the caller, when it writes a native export.
+    "s3:PutObjectAcl": "s3:PutObjectAcl",
     "s3:DeleteObject": "s3:DeleteObject",
     "s3:RestoreObject": "s3:RestoreObject",
     "kms:GenerateDataKey": "kms:GenerateDataKey",

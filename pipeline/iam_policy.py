@@ -12,9 +12,12 @@ operations really made, maps them through the same tables and checks the policy 
 exactly those: the tables are shared, what each job calls is not.
 
 Options that change what a job calls are options here too (``--create-table``, ``--resume``,
-the archive options that need their own permission); the policy of a job is the union of
-what it may call with them. Region and account (for the ARNs) are asked of STS
-(GetCallerIdentity, which needs no permission) and the session only when not given.
+the archive options that need their own permission, ``--provision`` for the capacity that
+``--provision-rcu``/``--provision-wcu`` raise and put back); the policy of a job is the union
+of what it may call with them. The plans of the export and import (``ddbpipe plan``) have
+policies of their own ("plan-export", "plan-import"): they read, and write nothing. Region
+and account (for the ARNs) are asked of STS (GetCallerIdentity, which needs no permission)
+and the session only when not given.
 """
 
 from __future__ import annotations
@@ -38,13 +41,16 @@ __all__ = [
     "KMS_USE_BY_S3",
     "OPERATION_PERMISSIONS",
     "PARAMETER_PERMISSIONS",
+    "PLANS",
     "POLICY_VERSION",
     "Job",
     "iam_policy_for",
 ]
 
-Job = Literal["export", "import", "verify", "thaw", "ls"]
+Job = Literal["export", "import", "verify", "thaw", "ls", "plan-export", "plan-import"]
 JOBS: tuple[Job, ...] = ("export", "import", "verify", "thaw", "ls")
+#: ``ddbpipe plan export`` and ``ddbpipe plan import``, which read what the job would.
+PLANS: tuple[Job, ...] = ("plan-export", "plan-import")
 #: The current IAM policy language.
 POLICY_VERSION = "2012-10-17"
 
@@ -119,6 +125,8 @@ class _Request:
     object_lock: bool
     legal_hold: bool
     tags: bool
+    provision: bool
+    point_in_time: bool
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,11 @@ class _Arns:
         """The object (or key pattern) ``key`` under the prefix."""
         return f"{self.bucket()}/{self.request.prefix}{key}"
 
+    def scalable_targets(self) -> str:
+        """Every Application Auto Scaling scalable target of the account in the region."""
+        return (f"arn:{self.partition}:application-autoscaling:{self.region}:{self.account}:"
+                "scalable-target/*")
+
 
 def iam_policy_for(
     job: str,
@@ -165,12 +178,16 @@ def iam_policy_for(
     object_lock: bool = False,
     legal_hold: bool = False,
     tags: bool = False,
+    provision: bool = False,
+    point_in_time: bool = False,
     region: str | None = None,
     account: str | None = None,
     profile: str | None = None,
 ) -> dict[str, Any]:
     """The least-privilege IAM policy document (Version 2012-10-17) of ``job``: "export",
-    "import", "verify" (``table``: its restore drill's ``against_table``), "thaw" or "ls".
+    "import", "verify" (``table``: its restore drill's ``against_table``), "thaw" or "ls";
+    or "plan-export" (``table``) and "plan-import" (``table`` optional, as the plan's), what
+    ``ddbpipe plan export`` and ``plan import`` read.
 
     ``bucket``/``prefix`` is the job's ``s3://bucket/prefix`` (no bucket: a local directory,
     and no S3 statements); a '*' in ``prefix`` stands for any characters, so "orders/*" is
@@ -178,17 +195,23 @@ def iam_policy_for(
 
     The export's ``resume`` (continuing a killed run, which also deletes the shards it left
     unrecorded), ``object_lock`` (retention), ``legal_hold`` and ``tags``, and the import's
-    ``create_table`` and ``without_indexes``, add what those options call. ARNs name
-    ``region`` and ``account``; each missing one is the session's (``profile``), the account
-    asked of STS. Bad input raises a one-line ``ConfigError`` before anything is called.
+    ``create_table`` and ``without_indexes``, add what those options call; ``provision``
+    (export, import) what ``--provision-rcu``/``--provision-wcu`` call to raise the table's
+    capacity and put it back; ``point_in_time`` (export) what ``--point-in-time`` calls, and
+    what DynamoDB's native export writes as the caller into the state folder (the default
+    staging place); ``create_table`` for plan-import, that the plan only checks
+    the table is not there. ARNs name ``region`` and ``account``; each missing one is the
+    session's (``profile``), the account asked of STS. Bad input raises a one-line
+    ``ConfigError`` before anything is called.
     """
-    if job not in JOBS:
-        raise ConfigError(f"unknown job {job!r}: use one of {', '.join(JOBS)}")
+    if job not in JOBS + PLANS:
+        raise ConfigError(f"unknown job {job!r}: use one of {', '.join(JOBS + PLANS)}")
     request = _Request(
         job=cast(Job, job), table=_checked_table(table), bucket=_checked_bucket(bucket),
         prefix=_checked_prefix(prefix), kms_key_arn=_checked_key(kms_key_arn),
         create_table=create_table, without_indexes=without_indexes, resume=resume,
-        object_lock=object_lock, legal_hold=legal_hold, tags=tags,
+        object_lock=object_lock, legal_hold=legal_hold, tags=tags, provision=provision,
+        point_in_time=point_in_time,
     )
     _check_applies(request)
     found_region, found_account = _region_and_account(region, account, profile)
@@ -205,21 +228,77 @@ def _table_uses(arns: _Arns) -> list[_Uses]:
     request, table = arns.request, (arns.table(),)
     if request.table is None:
         return []
+    if request.job in PLANS:
+        return _plan_table_uses(arns)
+    if request.job == "export" and request.point_in_time:
+        return [_Uses("ReadTheTable", ("dynamodb:DescribeTable", "dynamodb:DescribeTimeToLive",
+                                       "dynamodb:ListTagsOfResource"), table),
+                _Uses("ExportAtAPointInTime", ("dynamodb:DescribeContinuousBackups",
+                                               "dynamodb:ExportTableToPointInTime"), table),
+                _Uses("FollowTheNativeExport", ("dynamodb:DescribeExport",),
+                      (f"{table[0]}/export/*",))]
     if request.job == "export":
         return [_Uses("ReadTheTable", ("dynamodb:DescribeTable", "dynamodb:DescribeTimeToLive",
-                                       "dynamodb:ListTagsOfResource", "dynamodb:Scan"), table)]
+                                       "dynamodb:ListTagsOfResource", "dynamodb:Scan"), table),
+                *_provision_uses(arns)]
     if request.job == "verify":
         return [_Uses("ScanTheTableForTheDrill", ("dynamodb:DescribeTable", "dynamodb:Scan"),
                       table)]
-    writes = _Uses("WriteTheTable", ("dynamodb:DescribeTable", "dynamodb:BatchWriteItem"), table)
-    if not request.create_table:
-        return [writes]
-    create = _Uses("CreateTheTable", ("dynamodb:CreateTable", "dynamodb:UpdateTimeToLive"),
-                   table, parameters=("Tags",))
-    if request.without_indexes:
-        return [writes, create]
-    indexes = (*table, f"{table[0]}/index/*")
-    return [writes, create, _Uses("AddTheIndexes", ("dynamodb:UpdateTable",), indexes)]
+    uses = [_Uses("WriteTheTable", ("dynamodb:DescribeTable", "dynamodb:BatchWriteItem"),
+                  table)]
+    if request.create_table:
+        uses.append(_Uses("CreateTheTable", ("dynamodb:CreateTable",
+                                             "dynamodb:UpdateTimeToLive"),
+                          table, parameters=("Tags",)))
+        if not request.without_indexes:
+            uses.append(_Uses("AddTheIndexes", ("dynamodb:UpdateTable",), _with_indexes(arns)))
+    return uses + _provision_uses(arns)
+
+
+def _with_indexes(arns: _Arns) -> tuple[str, ...]:
+    """The table and its GSIs, which IAM names table/T/index/NAME."""
+    return (arns.table(), f"{arns.table()}/index/*")
+
+
+def _provision_uses(arns: _Arns) -> list[_Uses]:
+    """What ``provision.capacity_for_job`` calls for --provision-rcu (export: the table's
+    reads) and --provision-wcu (import: the writes of the table and of its GSIs, in the same
+    UpdateTable): DescribeTable while it waits for ACTIVE, UpdateTable to raise and to put
+    back; for a provisioned table it asks Application Auto Scaling for the scalable targets
+    of the table (and its GSIs), and where there are some it registers their raised range,
+    then the original one, instead of calling UpdateTable. On-demand tables: DescribeTable
+    only. A later run without the option puts a killed run's raise back the same way."""
+    if not arns.request.provision:
+        return []
+    raised = _with_indexes(arns) if arns.request.job == "import" else (arns.table(),)
+    return [
+        _Uses("RaiseTheCapacityForTheJob", ("dynamodb:DescribeTable", "dynamodb:UpdateTable"),
+              raised),
+        # DescribeScalableTargets has no resource-level permissions: IAM takes only "*".
+        _Uses("FindTheAutoScaling", ("application-autoscaling:DescribeScalableTargets",),
+              ("*",)),
+        # A scalable target's ARN ends in an ID AWS assigns when it is registered
+        # (scalable-target/1234abcd...), not in the table's name, so no policy written
+        # before can name this table's targets: the narrowest resource is every scalable
+        # target of the account in the region.
+        _Uses("RaiseTheAutoScaledMinimum", ("application-autoscaling:RegisterScalableTarget",),
+              (arns.scalable_targets(),)),
+    ]
+
+
+def _plan_table_uses(arns: _Arns) -> list[_Uses]:
+    """``ddbpipe plan``'s reads of the table: its figures (DescribeTable), for an export a
+    sample Scan, and its point-in-time recovery (DescribeContinuousBackups, optional: refused,
+    the plan says "unknown" and goes on). A plan of an import with --create-table only
+    checks that the table is not there yet."""
+    request, table = arns.request, (arns.table(),)
+    recovery = _Uses("ReadThePointInTimeRecovery", ("dynamodb:DescribeContinuousBackups",),
+                     table)
+    if request.job == "plan-export":
+        return [_Uses("SampleTheTable", ("dynamodb:DescribeTable", "dynamodb:Scan"), table),
+                recovery]
+    target = _Uses("DescribeTheTarget", ("dynamodb:DescribeTable",), table)
+    return [target] if request.create_table else [target, recovery]
 
 
 def _bucket_uses(arns: _Arns) -> list[_Uses]:
@@ -256,10 +335,23 @@ def _export_objects(arns: _Arns) -> list[_Uses]:
         (arns.objects(DATA_PREFIX),) if request.resume else ()
     )
     uses.append(_Uses("RemoveTheExportState", ("s3:DeleteObject",), removed))
+    if request.point_in_time:
+        uses += _native_export_objects(arns)
     if request.object_lock or request.legal_hold:
         uses.append(_Uses("CheckObjectLockIsOn", ("s3:GetObjectLockConfiguration",),
                           (arns.bucket(),)))
     return uses
+
+
+def _native_export_objects(arns: _Arns) -> list[_Uses]:
+    """A point-in-time export's staging place, under the state folder: DynamoDB writes its
+    native export there as the caller (PutObject, multipart uploads it may abort, and the
+    objects' ACL: AWS's documented needs of ExportTableToPointInTime), ddbpipe reads it and
+    removes it with the state."""
+    staging = (arns.objects(STATE_PREFIX + "native/"),)
+    return [_Uses("LetDynamoDBWriteTheNativeExport",
+                  ("s3:PutObject", "s3:AbortMultipartUpload", "s3:PutObjectAcl"), staging),
+            _Uses("ReadTheNativeExport", ("s3:GetObject",), staging)]
 
 
 def _archive_parameters(request: _Request) -> tuple[str, ...]:
@@ -285,6 +377,11 @@ def _thaw_objects(arns: _Arns) -> list[_Uses]:
             _Uses("RestoreTheShards", ("s3:RestoreObject",), (arns.objects(DATA_PREFIX),))]
 
 
+def _plan_import_objects(arns: _Arns) -> list[_Uses]:
+    # The manifests, and the first bytes of a few files (Range requests of GetObject).
+    return [_Uses("SampleTheSource", ("s3:HeadObject", "s3:GetObject"), (arns.objects(),))]
+
+
 def _ls_objects(arns: _Arns) -> list[_Uses]:
     # Only the manifests are read, of exports at the prefix or anywhere below it.
     manifests = (MANIFEST_KEY, STATE_KEY, AWS_SUMMARY_KEY)
@@ -294,7 +391,7 @@ def _ls_objects(arns: _Arns) -> list[_Uses]:
 
 
 _OBJECT_USES = {"export": _export_objects, "import": _import_objects, "verify": _verify_objects,
-                "thaw": _thaw_objects, "ls": _ls_objects}
+                "thaw": _thaw_objects, "ls": _ls_objects, "plan-import": _plan_import_objects}
 
 
 # --- the statements ----------------------------------------------------------------------------
@@ -328,11 +425,11 @@ def _kms_statements(request: _Request, uses: Iterable[_Uses]) -> list[dict[str, 
 #: The options that apply to some jobs only, as the command names them.
 _FLAGS = {"create_table": "--create-table", "without_indexes": "--without-indexes",
           "resume": "--resume", "object_lock": "--object-lock", "legal_hold": "--legal-hold",
-          "tags": "--tags"}
+          "tags": "--tags", "provision": "--provision", "point_in_time": "--point-in-time"}
 _JOB_FLAGS: dict[Job, tuple[str, ...]] = {
-    "export": ("resume", "object_lock", "legal_hold", "tags"),
-    "import": ("create_table", "without_indexes"),
-    "verify": (), "thaw": (), "ls": (),
+    "export": ("resume", "object_lock", "legal_hold", "tags", "provision", "point_in_time"),
+    "import": ("create_table", "without_indexes", "provision"),
+    "verify": (), "thaw": (), "ls": (), "plan-export": (), "plan-import": ("create_table",),
 }
 _S3_ONLY = {"kms_key_arn": "--kms-key-arn", "object_lock": "--object-lock",
             "legal_hold": "--legal-hold", "tags": "--tags"}
@@ -345,7 +442,15 @@ def _check_applies(request: _Request) -> None:
             raise ConfigError(f"{flag} does not change what {job} calls: drop it")
     if request.without_indexes and not request.create_table:
         raise ConfigError("--without-indexes goes with --create-table")
-    if job in ("export", "import") and request.table is None:
+    if request.point_in_time and request.provision:
+        raise ConfigError("--provision with --point-in-time: a point-in-time export reads no "
+                          "table capacity, so nothing is raised: drop --provision")
+    if request.point_in_time and request.bucket is None:
+        raise ConfigError("--point-in-time needs --bucket and --prefix: DynamoDB writes its "
+                          "native export to S3 (DEST's state folder)")
+    if job == "plan-export":
+        _check_no_s3(request)
+    if job in _READS_OR_WRITES and request.table is None:
         raise ConfigError(f"{job} needs --table: the table it {_READS_OR_WRITES[job]}")
     if job in ("thaw", "ls") and request.table is not None:
         raise ConfigError(f"{job} calls no DynamoDB table: drop --table")
@@ -353,7 +458,16 @@ def _check_applies(request: _Request) -> None:
         _check_local(request)
 
 
-_READS_OR_WRITES = {"export": "reads", "import": "writes"}
+_READS_OR_WRITES = {"export": "reads", "import": "writes", "plan-export": "samples"}
+
+
+def _check_no_s3(request: _Request) -> None:
+    """The plan of an export reads the table only."""
+    given = [flag for flag, value in (("--bucket", request.bucket), ("--prefix", request.prefix),
+                                      ("--kms-key-arn", request.kms_key_arn)) if value]
+    if given:
+        raise ConfigError(f"plan-export reads the table only, nothing on S3: drop "
+                          f"{', '.join(given)}")
 
 
 def _check_local(request: _Request) -> None:
@@ -366,6 +480,9 @@ def _check_local(request: _Request) -> None:
                           f"{'it' if len(given) == 1 else 'them'} for a local directory")
     if request.job == "thaw":
         raise ConfigError("thaw works on S3 only: give --bucket (and --prefix) of the export")
+    if request.job == "plan-import" and request.table is None:
+        raise ConfigError("plan-import of a local directory without --table calls no AWS API, "
+                          "so it needs no policy: give --bucket for an S3 source, or --table")
     if request.job == "ls" or (request.job == "verify" and request.table is None):
         raise ConfigError(f"{request.job} of a local directory calls no AWS API, so it needs "
                           "no policy: give --bucket for an S3 location")

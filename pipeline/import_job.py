@@ -157,17 +157,25 @@ async def run_import(
             dead_letter = _open_dead_letter(options, checkpoint)
             run = ImportRun(options, source, store, checkpoint, dead_letter, progress,
                             table_keys, clock)
-            async with capacity_for_job(
-                control, options.table, write=options.provision_wcu,
-                state=Path(options.provision_state), aws_options=options.aws,
-                despite_decrease_limit=options.provision_anyway,
-            ):
-                if options.cluster:
-                    from .import_cluster import write_all_on_cluster
+            raised = False
+            try:
+                async with capacity_for_job(
+                    control, options.table, write=options.provision_wcu,
+                    state=Path(options.provision_state), aws_options=options.aws,
+                    despite_decrease_limit=options.provision_anyway,
+                ):
+                    raised = True
+                    if options.cluster:
+                        from .import_cluster import write_all_on_cluster
 
-                    await write_all_on_cluster(run, target_wcu)
-                else:
-                    await run.write_all(target_wcu)
+                        await write_all_on_cluster(run, target_wcu)
+                    else:
+                        await run.write_all(target_wcu)
+            except BaseException:
+                if not raised and not options.resume:
+                    # Refused before a single write: the same command may simply run again.
+                    checkpoint.remove()
+                raise
             indexes = []
             if created and not options.without_indexes and source.table_schema:
                 indexes = await add_global_indexes(
@@ -237,11 +245,11 @@ async def _target_table(
 def _choose_target_wcu(options: ImportOptions, target: dict[str, Any]) -> float:
     if options.target_wcu:
         return options.target_wcu
-    if options.provision_wcu:
+    provisioned = provisioned_units(target, "Write")
+    if options.provision_wcu and provisioned:
         log.info("writing at the %s WCU/s the table is raised to (set --target-wcu to change)",
                  options.provision_wcu)
         return float(options.provision_wcu)
-    provisioned = provisioned_units(target, "Write")
     if provisioned:
         log.info("writing at the table's provisioned %s WCU/s (set --target-wcu to change)",
                  provisioned)

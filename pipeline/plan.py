@@ -511,7 +511,8 @@ async def _import_target(
         schema = source.table_schema
         if not schema:
             raise ConfigError(f"--create-table needs a saved table schema, which only ddbpipe "
-                              f"exports carry ({source.url} is {source.kind})")
+                              f"exports carry ({source.url} is {source.kind}): create the "
+                              "table first and plan with --table instead")
         if table is not None and await find_table(client, table) is not None:
             raise ConfigError(f"table '{table}' already exists and --create-table only creates "
                               "new tables: drop --create-table to plan an import into it")

@@ -159,9 +159,11 @@ def load_prices(path: str | None) -> PriceTable:
     try:
         document = msgspec.json.decode(Path(path).read_bytes())
     except OSError as error:
-        raise ConfigError(f"cannot read --prices {path}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot read --prices {path}: {error.strerror or error}: check the "
+                          "path") from None
     except msgspec.DecodeError as error:
-        raise ConfigError(f"--prices {path} is not JSON ({error})") from None
+        raise ConfigError(f"--prices {path} is not JSON ({error}): docs/OPERATIONS.md shows "
+                          "its shape") from None
     if not isinstance(document, dict) or not isinstance(document.get("regions"), dict):
         raise ConfigError(f"--prices {path} needs a \"regions\" object of region -> prices")
     date = document.get("date")

@@ -26,8 +26,8 @@ from ddbpipe.manifest import STATE_PREFIX, decode_manifest
 from ddbpipe.progress import JobProgress
 from ddbpipe.shards import iter_shard_items
 from tests.conftest import put_items
-from tests.test_errors_catalogue import ddbpipe_cli
 from tests.exports import FIDELITY_ITEMS, normalized, plain_items, scan_table, sorted_items
+from tests.test_errors_catalogue import ddbpipe_cli
 from tools.native_export_endpoint import NativeExportEndpoint, start_native_export_endpoint
 
 REGION = "us-east-1"

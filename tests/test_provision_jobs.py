@@ -104,3 +104,17 @@ def test_provision_anyway_without_a_provision_option_is_a_usage_error(
     assert result.stderr.strip().splitlines() == [
         "error: --provision-anyway goes with --provision-wcu"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_provision_wcu_sets_the_rate_of_a_provisioned_table_only() -> None:
+    from ddbpipe.config import ImportOptions
+    from ddbpipe.import_job import DEFAULT_ON_DEMAND_WCU, _choose_target_wcu
+
+    options = ImportOptions(source="/tmp/x", table="orders", provision_wcu=50)
+    provisioned = {"BillingModeSummary": {"BillingMode": "PROVISIONED"},
+                   "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}}
+    on_demand = {"BillingModeSummary": {"BillingMode": "PAY_PER_REQUEST"},
+                 "ProvisionedThroughput": {"ReadCapacityUnits": 0, "WriteCapacityUnits": 0}}
+    assert _choose_target_wcu(options, provisioned) == 50
+    # Nothing is raised on an on-demand table: its usual rate, not the 50 asked for raising.
+    assert _choose_target_wcu(options, on_demand) == DEFAULT_ON_DEMAND_WCU

@@ -33,7 +33,7 @@ import re
 import threading
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -269,10 +269,12 @@ class _Recorder:
         """Idle: nothing in flight, and nothing new arrived for ``quiet`` seconds."""
         with self._lock:
             while self._lock.wait_for(lambda: self._in_flight == 0, timeout):
-                arrivals = self._arrivals
-                if not self._lock.wait_for(lambda: self._arrivals != arrivals, quiet):
+                if not self._lock.wait_for(self._arrived_since(self._arrivals), quiet):
                     return True
             return False
+
+    def _arrived_since(self, arrivals: int) -> Callable[[], bool]:
+        return lambda: self._arrivals != arrivals
 
     def clear(self) -> None:
         with self._lock:
