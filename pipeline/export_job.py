@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -290,14 +291,18 @@ async def _run_segments(
     client: DynamoClient,
     store: ObjectStore,
     progress: JobProgress,
+    pages: Sequence[PageSource] | None = None,
 ) -> list[SegmentCheckpoint]:
+    """The segments in this process, at most ``max_concurrency`` at once; each reads a Scan
+    segment, or its page source from ``pages`` (a point-in-time export's native files)."""
     # One budget for every segment: together they read at most --max-rcu, from the first page.
     read_budget = (
         ReadBudget(read_bucket(options.max_rcu, client.clock)) if options.max_rcu else None
     )
     running = asyncio.Semaphore(options.max_concurrency)
 
-    async def one_segment(checkpoint: SegmentCheckpoint) -> SegmentCheckpoint:
+    async def one_segment(checkpoint: SegmentCheckpoint,
+                          source: PageSource | None) -> SegmentCheckpoint:
         async with running:
             return await run_segment(
                 _segment_task(options, plan, checkpoint.segment),
@@ -306,11 +311,14 @@ async def _run_segments(
                 store=store,
                 progress=progress,
                 read_budget=read_budget,
+                pages=source,
             )
 
+    sources: Sequence[PageSource | None] = pages or [None] * len(checkpoints)
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one_segment(c)) for c in checkpoints]
+            tasks = [group.create_task(one_segment(checkpoint, source))
+                     for checkpoint, source in zip(checkpoints, sources, strict=True)]
     except BaseExceptionGroup as group_error:
         raise first_error(group_error) from None
     return [task.result() for task in tasks]
@@ -342,20 +350,10 @@ async def _convert_snapshot(
     """A point-in-time export: DynamoDB's native export made our segments (point_in_time.py)."""
     plan, segments = await snapshot_segments(plan, checkpoints, client=client, store=store,
                                              aws=options.aws, progress=progress)
-    running = asyncio.Semaphore(options.max_concurrency)
-
-    async def one_segment(checkpoint: SegmentCheckpoint, pages: PageSource) -> SegmentCheckpoint:
-        async with running:
-            return await run_segment(_segment_task(options, plan, checkpoint.segment),
-                                     checkpoint, client=None, store=store, progress=progress,
-                                     pages=pages)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one_segment(*segment)) for segment in segments]
-    except BaseExceptionGroup as group_error:
-        raise first_error(group_error) from None
-    return plan, [task.result() for task in tasks]
+    checkpoints = [checkpoint for checkpoint, _ in segments]
+    pages = [source for _, source in segments]
+    return plan, await _run_segments(options, plan, checkpoints, client, store, progress,
+                                     pages)
 
 
 # --- the scan on a cluster -------------------------------------------------------------------

@@ -169,8 +169,7 @@ class Recorders:
         try:
             yield
         finally:
-            # Calls a stopped job left in flight belong to it, not to the next recording.
-            assert self.dynamodb.wait_idle() and self.s3.wait_idle()
+            assert self.dynamodb.wait_idle() and self.s3.wait_idle()  # a stopped job's, too
             into.extend(self.dynamodb.calls() + self.s3.calls())
 
 

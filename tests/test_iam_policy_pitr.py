@@ -80,12 +80,16 @@ def recorded(dynamodb_local: Any, s3_server: Any) -> Iterator[tuple[str, str, li
                 client.delete_table(TableName=table)
 
 
+def pitr_policy(table: str, bucket: str) -> dict[str, Any]:
+    return iam_policy_for("export", table=table, bucket=bucket, prefix="snapshots/one/",
+                          point_in_time=True, **WHERE)
+
+
 def test_the_point_in_time_policy_allows_what_the_export_calls_and_no_more(
     recorded: tuple[str, str, list[RecordedCall]],
 ) -> None:
     table, bucket, calls = recorded
-    policy = iam_policy_for("export", table=table, bucket=bucket, prefix="snapshots/one/",
-                            point_in_time=True, **WHERE)
+    policy = pitr_policy(table, bucket)
     found = pitr_needs(calls)
     refused = [need for need in found if not allows(policy, need)]
     assert not refused, f"the policy refuses {refused[:3]}"
@@ -100,8 +104,7 @@ def test_dynamodb_may_write_its_native_export_into_the_state_folder_only(
     recorded: tuple[str, str, list[RecordedCall]],
 ) -> None:
     table, bucket, _ = recorded
-    policy = iam_policy_for("export", table=table, bucket=bucket, prefix="snapshots/one/",
-                            point_in_time=True, **WHERE)
+    policy = pitr_policy(table, bucket)
     staged = f"arn:aws:s3:::{bucket}/snapshots/one/_ddbpipe-state/native/x/data/a.json.gz"
     for action in WRITTEN_BY_DYNAMODB:
         assert allows(policy, Need(action, staged))

@@ -21,6 +21,7 @@ import pytest
 
 import ddbpipe
 from ddbpipe import AwsOptions, ExportOptions
+from ddbpipe.config import ArchiveOptions
 from ddbpipe.export_job import run_export
 from ddbpipe.manifest import STATE_PREFIX, decode_manifest
 from ddbpipe.progress import JobProgress
@@ -126,6 +127,24 @@ def test_a_point_in_time_export_is_the_table_as_it_was_then(
     # The native export's files went with the state: only our export is left.
     assert not keys_under(s3_client, s3_bucket, f"snap/{STATE_PREFIX}")
     assert ddbpipe.verify_export(f"s3://{s3_bucket}/snap", read_data=True, aws=aws).ok
+
+
+def test_a_point_in_time_export_keeps_the_archive_options(
+    dynamodb: Any, table: str, aws: AwsOptions, s3_client: Any, s3_bucket: str,
+) -> None:
+    recovery_on(dynamodb, table)
+    put_items(dynamodb, table, plain_items(30))
+    archive = ArchiveOptions(sse="AES256", storage_class="STANDARD_IA",
+                             tags=(("retention", "7y"),))
+    ddbpipe.export_table(ExportOptions(table=table, destination=f"s3://{s3_bucket}/a",
+                                       point_in_time="latest", archive=archive, aws=aws))
+    shards = keys_under(s3_client, s3_bucket, "a/data/")
+    assert shards
+    for key in shards:
+        head = s3_client.head_object(Bucket=s3_bucket, Key=key)
+        assert head["ServerSideEncryption"] == "AES256" and head["StorageClass"] == "STANDARD_IA"
+        tags = s3_client.get_object_tagging(Bucket=s3_bucket, Key=key)["TagSet"]
+        assert tags == [{"Key": "retention", "Value": "7y"}]
 
 
 def test_latest_into_a_local_directory_stages_in_s3_and_cleans_up(
@@ -249,9 +268,9 @@ def test_a_stopped_point_in_time_export_resumes_with_the_same_native_export(
 def test_a_failed_native_export_is_one_error_and_resume_asks_for_a_new_one(
     dynamodb_local: Any, s3_server: Any, s3_client: Any, s3_bucket: str,
 ) -> None:
-    # Its own endpoint: DynamoDB takes 2 s, time to take the staging bucket away meanwhile.
+    # Its own endpoint: DynamoDB takes 1 s, time to take the staging bucket away meanwhile.
     with start_native_export_endpoint(dynamodb_local.endpoint, s3_server.endpoint,
-                                      export_seconds=2.0) as slow:
+                                      export_seconds=1.0) as slow:
         client = boto3.client("dynamodb", endpoint_url=slow.endpoint, region_name=REGION)
         table = f"pitr-{uuid.uuid4().hex[:10]}"
         client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
