@@ -526,6 +526,20 @@ def test_empty_directory_and_directory_without_data(tmp_path: Path) -> None:
         open_only(str(empty))
 
 
+def test_an_aws_export_dynamodb_has_not_finished_is_refused_not_read_as_loose_files(
+    tmp_path: Path,
+) -> None:
+    # DynamoDB writes _started, then data files, and the manifests last.
+    base = tmp_path / "AWSDynamoDB" / "01796000000000-abcdef12"
+    (base / "data").mkdir(parents=True)
+    (base / "_started").write_bytes(b"")
+    lines = b"".join(json.dumps(line).encode() + b"\n" for line in full_lines(AWS_ITEMS[:3]))
+    (base / "data" / "a.json.gz").write_bytes(gzip.compress(lines))
+    with pytest.raises(StorageError, match="has not finished") as caught:
+        open_only(str(tmp_path))
+    assert_one_line_naming(caught.value, "01796000000000-abcdef12")
+
+
 def test_two_aws_exports_under_source_is_ambiguous(tmp_path: Path) -> None:
     write_aws_export(local_put(tmp_path), [full_lines(AWS_ITEMS[:3])], root="one/")
     write_aws_export(local_put(tmp_path), [full_lines(AWS_ITEMS[:3])], root="two/")

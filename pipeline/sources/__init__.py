@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..manifest import AWS_SUMMARY_KEY
 from ..storage import ObjectStore
-from .aws_export import nested_aws_export, open_aws_export
+from .aws_export import nested_aws_export, open_aws_export, refuse_unfinished_aws_export
 from .common import ImportSource, SourceFile, SourceKind
 from .ddbpipe_export import find_ddbpipe_export
 from .ndjson_files import open_ndjson_files
@@ -55,4 +55,5 @@ async def open_source(store: ObjectStore) -> ImportSource:
     nested = nested_aws_export(store, listing)
     if nested is not None:
         return await open_aws_export(store, nested)
+    refuse_unfinished_aws_export(store, listing)
     return open_ndjson_files(store, listing)

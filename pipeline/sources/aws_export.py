@@ -34,13 +34,17 @@ from ..records import RecordKind
 from ..storage import ObjectInfo, ObjectStore
 from .common import ImportSource, SourceFile, SourceKind, location_prefix
 
-__all__ = ["aws_export_id", "change_of_line", "nested_aws_export", "open_aws_export"]
+__all__ = [
+    "aws_export_id", "change_of_line", "nested_aws_export", "open_aws_export",
+    "refuse_unfinished_aws_export",
+]
 
 _CHECKSUM_SUFFIXES = (".md5", ".checksum")  # AWS docs say .checksum; files say .md5
 _INCREMENTAL = "INCREMENTAL_EXPORT"
 _FULL_TYPES = (None, "FULL_EXPORT")
 _SUPPORTED_FORMAT = "DYNAMODB_JSON"
 _NESTED_SUMMARY = re.compile(r"(?:^|/)AWSDynamoDB/([^/]+)/manifest-summary\.json$")
+_STARTED = re.compile(r"(?:^|/)AWSDynamoDB/[^/]+/_started$")
 _EXPORT_RELATIVE = re.compile(r"(?:^|/)AWSDynamoDB/[^/]+/(.+)$")
 
 
@@ -59,6 +63,19 @@ def nested_aws_export(store: ObjectStore, listing: Sequence[ObjectInfo]) -> str 
             "prefix as SOURCE"
         )
     return found[0] if found else None
+
+
+def refuse_unfinished_aws_export(store: ObjectStore, listing: Sequence[ObjectInfo]) -> None:
+    """An AWS export DynamoDB has not finished (``_started``, no summary yet) holds some of
+    its data files: read as loose NDJSON they would import part of a table."""
+    keys = {info.key for info in listing}
+    for key in keys:
+        if _STARTED.search(key) and key[: -len("_started")] + AWS_SUMMARY_KEY not in keys:
+            where = location_prefix(store) + key[: -len("_started")]
+            raise StorageError(
+                f"{where} is an AWS export DynamoDB has not finished (no {AWS_SUMMARY_KEY}): "
+                "wait until 'aws dynamodb describe-export' says COMPLETED, then import it"
+            )
 
 
 async def open_aws_export(store: ObjectStore, base: str) -> ImportSource:
