@@ -356,9 +356,10 @@ class ExportOptions:
             ("--cluster", self.cluster), ("--provision-rcu", self.provision_rcu),
         ) if value is not None]
         if scan_only:
+            them = "it" if len(scan_only) == 1 else "them"
             raise ConfigError(
                 f"{', '.join(scan_only)}: a point-in-time export reads no table capacity "
-                "(DynamoDB exports the data itself): drop them, or export without "
+                f"(DynamoDB exports the data itself): drop {them}, or export without "
                 "--point-in-time"
             )
         if self.staging is not None and not self.staging.startswith("s3://"):

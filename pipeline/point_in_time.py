@@ -32,7 +32,7 @@ import msgspec
 
 from .codec import ScanPage
 from .config import AwsOptions, ExportOptions, parse_point_in_time
-from .dynamo import DynamoClient
+from .dynamo import UNSUPPORTED_CODES, DynamoClient
 from .errors import AwsRequestError, DdbpipeError, PointInTimeError, StorageError
 from .manifest import STATE_KEY, ExportPlan, PointInTime, SegmentCheckpoint, encode_plan
 from .progress import JobProgress
@@ -168,7 +168,14 @@ async def _request(
 
 async def check_snapshot_time(client: DynamoClient, table: str, requested: str) -> None:
     """Before anything is written: recovery is on, and the time asked is within its window."""
-    description = await client.describe_continuous_backups(table)
+    try:
+        description = await client.describe_continuous_backups(table)
+    except AwsRequestError as error:
+        if error.code not in UNSUPPORTED_CODES:
+            raise
+        raise PointInTimeError(
+            f"the DynamoDB endpoint of table {table} has no point-in-time recovery (DynamoDB "
+            "Local has none): export without --point-in-time") from None
     recovery = description.get("PointInTimeRecoveryDescription") or {}
     if recovery.get("PointInTimeRecoveryStatus") != "ENABLED":
         raise PointInTimeError(_recovery_off(table))

@@ -305,3 +305,15 @@ def test_a_failed_native_export_is_one_error_and_resume_asks_for_a_new_one(
         assert summary.items == 30
         assert len(native_exports(client, table)) == 2  # the failed one, and a new one
         client.delete_table(TableName=table)
+
+
+def test_an_endpoint_without_point_in_time_recovery_is_named_and_nothing_written(
+    dynamodb_local: Any, make_table: Any, tmp_path: Path, s3_bucket: str,
+) -> None:
+    table = make_table(plain_items(3))
+    run = ddbpipe_cli("export", table, str(tmp_path / "x"), "--point-in-time", "latest",
+                      "--staging", f"s3://{s3_bucket}/s", "--endpoint-url",
+                      dynamodb_local.endpoint, "--region", REGION)
+    assert run.code == 1
+    assert "has no point-in-time recovery (DynamoDB Local has none)" in run.stderr
+    assert not (tmp_path / "x").exists()
