@@ -168,9 +168,9 @@ class BatchBuilder:
         # Both levels are in the order they became ready.
         self._ready: OrderedDict[Hashable, OrderedDict[Key, None]] = OrderedDict()
         self._ready_count = 0
-        # Partition keys with two or more ready keys, the only ones a batch may owe more
-        # than one place (an ordered set).
-        self._several: dict[Hashable, None] = {}
+        # Partition keys by how many ready keys they have (2 or more: the only ones a batch
+        # may owe more than one place), so those owed are found without visiting the rest.
+        self._by_size: dict[int, dict[Hashable, None]] = {}
         self._busy: set[Key] = set()
         self._held = 0
 
@@ -242,12 +242,14 @@ class BatchBuilder:
         single record takes one place, in turn. So each partition key's records go out at
         the pace of its backlog and all of them finish about together. With one place each,
         the hot tenant waited behind every other partition key for each of its records, and
-        an import ended with its partition writing alone. Only partition keys with two or
-        more ready keys (``_several``) can be owed more than one place.
+        an import ended with its partition writing alone. Only partition keys with enough
+        ready keys are owed more than one place; ``_by_size`` finds them.
         """
         total = self._ready_count
-        owed = [(group, iter(self._ready[group]), places) for group in self._several
-                if (places := round(self.max_requests * len(self._ready[group]) / total)) > 1]
+        owed = [(group, iter(self._ready[group]), places)
+                for size, groups in self._by_size.items()
+                if (places := round(self.max_requests * size / total)) > 1
+                for group in groups]
         first = {group for group, _, _ in owed}
         rest = ((group, iter(keys), 1) for group, keys in self._ready.items()
                 if group not in first)
@@ -273,11 +275,19 @@ class BatchBuilder:
         if key not in keys:
             keys[key] = None
             self._ready_count += 1
-            if len(keys) == 2:
-                self._several[key[0]] = None
+            self._resized(key[0], len(keys) - 1, len(keys))
         if first:
             keys.move_to_end(key, last=False)
             self._ready.move_to_end(key[0], last=False)
+
+    def _resized(self, group: Hashable, before: int, after: int) -> None:
+        if before >= 2:
+            groups = self._by_size[before]
+            del groups[group]
+            if not groups:
+                del self._by_size[before]
+        if after >= 2:
+            self._by_size.setdefault(after, {})[group] = None
 
     def _take_heads(self, keys: list[Key]) -> list[WriteRecord]:
         taken = [self._take_head(key) for key in keys]
@@ -290,8 +300,7 @@ class BatchBuilder:
     def _take_head(self, key: Key) -> WriteRecord:
         partition = self._ready[key[0]]
         del partition[key]
-        if len(partition) == 1:
-            del self._several[key[0]]
+        self._resized(key[0], len(partition) + 1, len(partition))
         if not partition:
             del self._ready[key[0]]
         self._ready_count -= 1
