@@ -7,7 +7,7 @@ a ``Change`` (when, the old image, the new image). The table as it was at time T
 current contents with every change after T undone, newest first: the old image put back, or
 the key removed when there was none.
 
-Layout, as AWS writes it (``/work/shared/FACTS.md``; the developer guide's "DynamoDB table
+Layout, as AWS writes it (the DynamoDB developer guide's "DynamoDB table
 export output format")::
 
     <S3Prefix>/AWSDynamoDB/<ExportId>/_started                (empty; when the export starts)
