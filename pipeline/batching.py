@@ -144,7 +144,6 @@ class _Turns:
         self._later.append(turn)
 
 
-
 class BatchBuilder:
     """Collects records into BatchWriteItem batches; keeps each key's writes in order.
 
@@ -235,7 +234,7 @@ class BatchBuilder:
         those owed more than one place first (a list), then the others, one place each, in
         the order they became ready (lazily: a batch is full long before a table's thousands
         of ready partition keys are all visited, and visiting them all for every batch cost
-        an import 20 us of CPU per item).
+        54 us of CPU per item with 1,600 distinct keys ready).
 
         A partition key's places follow its share of the ready records (at least one): a hot
         tenant with a third of what is ready fills a third of each batch, and one with a

@@ -29,10 +29,11 @@ from .manifest import (
     ExportManifest,
     ExportPlan,
     SegmentCheckpoint,
+    aws_time,
     decode_checkpoint,
     decode_plan,
-    encode_plan,
     final_documents,
+    save_plan,
     segment_state_key,
 )
 from .point_in_time import check_snapshot_time, point_in_time_of, remove_staging, snapshot_segments
@@ -82,8 +83,7 @@ class ExportSummary:
 
 def utc_timestamp(clock: Clock) -> str:
     """The clock's wall time as ISO 8601 UTC with milliseconds, as AWS's manifests write it."""
-    moment = datetime.fromtimestamp(clock.time(), UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return aws_time(clock.time())
 
 
 async def run_export(
@@ -185,7 +185,7 @@ async def _prepare(
         )
     plan = await _new_plan(options, client, description, cores)
     await store.check_archive(plan.archive)
-    await store.put_bytes(STATE_KEY, encode_plan(plan), archive=plan.archive.for_state())
+    await save_plan(store, plan)
     return plan, [SegmentCheckpoint(segment=s) for s in range(plan.segments)]
 
 

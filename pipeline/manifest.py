@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -145,6 +145,18 @@ class ExportPlan:
         if self.point_in_time is not None and self.point_in_time.export_time:
             return self.point_in_time.export_time
         return self.start_time
+
+
+def aws_time(seconds: float) -> str:
+    """Epoch seconds as AWS's export manifests write times: ``2026-12-02T10:15:30.123Z``."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def save_plan(store: ObjectStore, plan: ExportPlan) -> ExportPlan:
+    """Write the export's plan (its state, first of all and again as it is filled in)."""
+    await store.put_bytes(STATE_KEY, encode_plan(plan), archive=plan.archive.for_state())
+    return plan
 
 
 def segment_state_key(segment: int) -> str:

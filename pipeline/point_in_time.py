@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -34,7 +33,7 @@ from .codec import ScanPage
 from .config import AwsOptions, ExportOptions, parse_point_in_time
 from .dynamo import UNSUPPORTED_CODES, DynamoClient
 from .errors import AwsRequestError, DdbpipeError, PointInTimeError, StorageError
-from .manifest import STATE_KEY, ExportPlan, PointInTime, SegmentCheckpoint, encode_plan
+from .manifest import ExportPlan, PointInTime, SegmentCheckpoint, aws_time, save_plan
 from .progress import JobProgress
 from .retry import Clock
 from .scan import PageSource
@@ -82,12 +81,12 @@ async def snapshot_segments(
         await staging.ensure_ready(for_write=True)
         if not snapshot.export_arn:
             snapshot = await _request(client, plan, snapshot, staging, aws)
-            plan = await _save(store, replace(plan, point_in_time=snapshot))
+            plan = await save_plan(store, replace(plan, point_in_time=snapshot))
         try:
             described = await _wait(client, snapshot.export_arn, progress)
         except PointInTimeError:
             # A failed native export is done with: --resume asks for a new one.
-            await _save(store, replace(plan, point_in_time=replace(
+            await save_plan(store, replace(plan, point_in_time=replace(
                 snapshot, export_arn="", attempt=snapshot.attempt + 1)))
             raise
         source = await open_aws_export(staging, _native_base(plan.export_id, snapshot))
@@ -96,7 +95,7 @@ async def snapshot_segments(
         raise
     if plan.segments == 0 or not snapshot.export_time:
         snapshot = replace(snapshot, export_time=_iso(described.get("ExportTime")))
-        plan = await _save(store, replace(plan, point_in_time=snapshot,
+        plan = await save_plan(store, replace(plan, point_in_time=snapshot,
                                           segments=max(1, len(source.files))))
         checkpoints = [SegmentCheckpoint(segment=s) for s in range(plan.segments)]
     progress.segments_total = plan.segments
@@ -272,13 +271,5 @@ def _file_pages(
 # --- the plan --------------------------------------------------------------------------------
 
 
-async def _save(store: ObjectStore, plan: ExportPlan) -> ExportPlan:
-    await store.put_bytes(STATE_KEY, encode_plan(plan), archive=plan.archive.for_state())
-    return plan
-
-
 def _iso(seconds: Any) -> str:
-    if seconds is None:
-        return ""
-    moment = datetime.fromtimestamp(float(seconds), UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return "" if seconds is None else aws_time(float(seconds))

@@ -19,10 +19,10 @@ from botocore.exceptions import ClientError
 
 import ddbpipe
 from ddbpipe.config import AwsOptions
+from ddbpipe.manifest import aws_time
 from ddbpipe.retry import ManualClock
 from tests.exports import FIDELITY_ITEMS, plain_items, scan_table, sorted_items
 from tests.test_sources import puts_of, read_source
-from tools.native_export import iso_time
 from tools.native_export_endpoint import NativeExportEndpoint, start_native_export_endpoint
 
 EXPORT_SECONDS = 30.0
@@ -192,10 +192,10 @@ def test_an_export_at_now_is_the_table_in_aws_layout(
     summary = json.loads(summary_doc)
     assert summary == {
         "version": "2020-06-30", "exportArn": done["ExportArn"],
-        "startTime": iso_time(done["StartTime"].timestamp()),
-        "endTime": iso_time(done["EndTime"].timestamp()),
+        "startTime": aws_time(done["StartTime"].timestamp()),
+        "endTime": aws_time(done["EndTime"].timestamp()),
         "tableArn": done["TableArn"], "tableId": done["TableId"],
-        "exportTime": iso_time(done["ExportTime"].timestamp()), "s3Bucket": s3_bucket,
+        "exportTime": aws_time(done["ExportTime"].timestamp()), "s3Bucket": s3_bucket,
         "s3Prefix": "runs/one/", "s3SseAlgorithm": "AES256", "s3SseKmsKeyId": None,
         "manifestFilesS3Key": base + "manifest-files.json",
         "billedSizeBytes": done["BilledSizeBytes"], "itemCount": len(items),

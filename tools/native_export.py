@@ -30,16 +30,16 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from ddbpipe.codec import item_size
+from ddbpipe.manifest import aws_time
 
 __all__ = [
     "MANIFEST_VERSION", "RECOVERY_PERIOD_DAYS", "ApiError", "Change", "ExportPlan", "Item",
-    "PitrTable", "Put", "WrittenExport", "choice_parameter", "export_base", "iso_time",
+    "PitrTable", "Put", "WrittenExport", "choice_parameter", "export_base",
     "member", "new_export_id", "page_start", "page_token", "partition_files", "s3_failure",
     "string_parameter", "table_id", "time_parameter", "write_export", "written_keys",
 ]
@@ -51,12 +51,6 @@ Put = Callable[[str, bytes], str]
 RECOVERY_PERIOD_DAYS = 35
 MANIFEST_VERSION = "2020-06-30"
 OUTPUT_FORMAT = "DYNAMODB_JSON"
-
-
-def iso_time(seconds: float) -> str:
-    """Epoch seconds as AWS writes times in manifests: ``2026-12-02T10:15:30.123Z``."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_export_id(seconds: float) -> str:
@@ -227,11 +221,11 @@ def write_export(put: Put, plan: ExportPlan, files: Sequence[Sequence[Item]]) ->
     summary = msgspec.json.encode({
         "version": MANIFEST_VERSION,
         "exportArn": plan.export_arn,
-        "startTime": iso_time(plan.start_time),
-        "endTime": iso_time(plan.end_time),
+        "startTime": aws_time(plan.start_time),
+        "endTime": aws_time(plan.end_time),
         "tableArn": plan.table_arn,
         "tableId": plan.table_id,
-        "exportTime": iso_time(plan.export_time),
+        "exportTime": aws_time(plan.export_time),
         "s3Bucket": plan.bucket,
         "s3Prefix": plan.s3_prefix,
         "s3SseAlgorithm": plan.sse_algorithm,
