@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 import botocore.credentials  # noqa: E402
 
-from benchmarks.import_bench import hot_partition_bound, throttled_items  # noqa: E402
+from benchmarks.import_bench import HOT_KEY, hot_partition_bound, throttled_items  # noqa: E402
 from ddbpipe.batching import interleave  # noqa: E402
-from ddbpipe.dynamo import DynamoClient  # noqa: E402
+from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport  # noqa: E402
 from ddbpipe.import_job import key_limiter, write_rate  # noqa: E402
 from ddbpipe.records import WriteRecord, new_record  # noqa: E402
 from ddbpipe.retry import RetryPolicy, SystemClock  # noqa: E402
@@ -60,6 +60,9 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
                for item in items]
     capacity = TableCapacity(SimulatedTable(wcu=args["wcu"], partitions=args["partitions"]))
     per_second: defaultdict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    busiest = max(range(args["partitions"]), key=lambda p: sum(
+        1 for r in records if capacity.partition_of(r.item["pk"]) == p))
+    throttle_counter = ThrottledByKey(HOT_KEY, capacity.partition_of, busiest)
 
     async def write() -> float:
         clock = SystemClock()
@@ -68,12 +71,11 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
             region="us-east-1", endpoint="https://dynamodb.us-east-1.amazonaws.com",
             credentials=botocore.credentials.Credentials("k", "s"),
             retry=RetryPolicy(max_attempts=1),
-            transport=in_process_transport(capacity, SCHEMA, latency=args["latency"]),
+            transport=throttle_counter.wrap(
+                in_process_transport(capacity, SCHEMA, latency=args["latency"])),
             clock=clock,
         )
         started = time.monotonic()
-        busiest = max(range(args["partitions"]), key=lambda p: sum(
-            1 for r in records if capacity.partition_of(r.item["pk"]) == p))
 
         def written(batch: list[WriteRecord], consumed: float) -> None:
             second = int(time.monotonic() - started)
@@ -94,7 +96,42 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     timeline = " ".join(f"{busy:.0f}/{other:.0f}" for _, (busy, other)
                         in sorted(per_second.items()))
     return {"seconds": seconds, "of_bound": seconds / bound,
-            "resends": stats.items_throttled / len(records), "timeline": timeline}
+            "resends": stats.items_throttled / len(records), "timeline": timeline,
+            "throttled": (throttle_counter.hot, throttle_counter.beside_hot,
+                          throttle_counter.elsewhere)}
+
+
+class ThrottledByKey:
+    """Counts the writes the table throttled: of ``hot_key``, of the other keys on its
+    partition, and on the other partitions (whether the replies name the hot key, so that a
+    writer could learn it from them)."""
+
+    def __init__(self, hot_key: str, partition_of: Callable[[Any], int], busiest: int) -> None:
+        self.hot_key = hot_key
+        self.partition_of = partition_of
+        self.busiest = busiest
+        self.hot = self.beside_hot = self.elsewhere = 0
+
+    def wrap(self, transport: Any) -> MockTransport:
+        async def answer(url: str, body: bytes, headers: Any) -> HttpReply:
+            reply = await transport.post(url, body, headers)
+            if reply.status == 200:
+                throttled = [r["PutRequest"]["Item"] for requests in
+                             json.loads(reply.body).get("UnprocessedItems", {}).values()
+                             for r in requests]
+            else:  # the whole call refused
+                throttled = [r["PutRequest"]["Item"] for requests in
+                             json.loads(body)["RequestItems"].values() for r in requests]
+            for item in throttled:
+                if item["pk"]["S"] == self.hot_key:
+                    self.hot += 1
+                elif self.partition_of(item["pk"]) == self.busiest:
+                    self.beside_hot += 1
+                else:
+                    self.elsewhere += 1
+            return reply
+
+        return MockTransport(answer)
 
 
 def _stream(records: list[WriteRecord]) -> AsyncIterator[WriteRecord]:
@@ -129,6 +166,9 @@ def main() -> None:
     for number, run in enumerate(runs):
         print(f"run {number}: {run['seconds']:.1f} s, {run['of_bound']:.2f}x the busiest "
               f"partition's time, {run['resends']:.2f} re-sends per item")
+        hot, beside, elsewhere = run["throttled"]
+        print(f"  writes throttled: of the hot key {hot}, of the other keys on its partition "
+              f"{beside}, on the other partitions {elsewhere}")
         print(f"  WCU written per second, busiest partition / the others: {run['timeline']}")
     of_bound = [run["of_bound"] for run in runs]
     resends = [run["resends"] for run in runs]
