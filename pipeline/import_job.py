@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .batching import interleave
-from .config import DEFAULT_ON_DEMAND_WCU, ImportOptions
+from .config import ImportOptions
 from .dynamo import DynamoClient
 from .errors import ConfigError, TableNotFoundError
 from .import_state import (
@@ -44,11 +44,11 @@ from .retry import Clock, RetryPolicy, SystemClock
 from .schema import (
     KeyAttributes,
     key_attributes,
-    provisioned_units,
     refuse_a_table_being_deleted,
 )
 from .sources import ImportSource, SourceFile, open_source, read_records
 from .storage import ObjectStore, open_store
+from .table_rate import job_rate
 from .tables import (
     add_global_indexes,
     check_key_schema,
@@ -243,20 +243,11 @@ async def _target_table(
 
 
 def _choose_target_wcu(options: ImportOptions, target: dict[str, Any]) -> float:
-    if options.target_wcu:
-        return options.target_wcu
-    provisioned = provisioned_units(target, "Write")
-    if options.provision_wcu and provisioned:
-        log.info("writing at the %s WCU/s the table is raised to (set --target-wcu to change)",
-                 options.provision_wcu)
-        return float(options.provision_wcu)
-    if provisioned:
-        log.info("writing at the table's provisioned %s WCU/s (set --target-wcu to change)",
-                 provisioned)
-        return float(provisioned)
-    log.info("on-demand table: writing at %s WCU/s (set --target-wcu to change)",
-             int(DEFAULT_ON_DEMAND_WCU))
-    return DEFAULT_ON_DEMAND_WCU
+    rate = job_rate(target, options.target_wcu, writes=True, provision=options.provision_wcu)
+    if not options.target_wcu:
+        log.info("writing at %s WCU/s, %s (set --target-wcu to change)",
+                 f"{rate.units_per_second:g}", rate.source)
+    return rate.units_per_second
 
 
 def _open_checkpoint(

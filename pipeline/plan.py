@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .codec import decode_item, item_size, read_units, write_units
-from .config import COMPRESSIONS, DEFAULT_ON_DEMAND_WCU, FORMATS, STORAGE_CLASSES, AwsOptions
+from .config import COMPRESSIONS, FORMATS, STORAGE_CLASSES, AwsOptions
 from .dynamo import UNSUPPORTED_CODES, DynamoClient
 from .errors import AccessDeniedError, AwsRequestError, ConfigError, CorruptDataError
 from .prices import PriceTable, load_prices, storage_cost_per_month, throughput_cost
@@ -28,14 +28,12 @@ from .sources import ImportSource, SourceFile, open_source
 from .sources.aws_export import change_of_line
 from .spool import StoredBytes
 from .storage import ObjectStore, open_store
+from .table_rate import Rate, job_rate
 from .tables import check_key_schema, find_table
 from .thaw import refuse_frozen
 
 __all__ = ["ExportChoices", "JobPlan", "run_plan_export", "run_plan_import"]
 
-#: What a new on-demand table serves at once (FACTS: on-demand capacity).
-ON_DEMAND_READ_RATE = 12_000.0
-ON_DEMAND_WRITE_RATE = DEFAULT_ON_DEMAND_WCU
 PITR_WINDOW_DAYS = 35
 PITR_WINDOW = (f"point-in-time recovery keeps {PITR_WINDOW_DAYS} days: while it is enabled "
                f"the table can be restored to any second of the last {PITR_WINDOW_DAYS} days "
@@ -91,13 +89,6 @@ class JobPlan:
 # --- the estimates: pure functions of figures ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Rate:
-    units_per_second: float
-    source: str
-    provisioned: bool = False  # the table's own provisioned capacity
-
-
 def scan_read_units(table_bytes: int, consistent_read: bool) -> float:
     """A Scan's read units: 4 KB units of the bytes each page reads (pages of up to 1 MB),
     halved when eventually consistent; per page, not per item."""
@@ -108,22 +99,6 @@ def scan_read_units(table_bytes: int, consistent_read: bool) -> float:
 
 def seconds_at(units: float, rate: Rate) -> float:
     return units / rate.units_per_second
-
-
-def job_rate(table: dict[str, Any] | None, given: float | None, *, writes: bool) -> Rate:
-    """The rate a job runs at, as it chooses it: --target-wcu/--max-rcu, else the table's
-    provisioned capacity, else (on-demand) what a new on-demand table serves at once."""
-    kind, flag = ("Write", "--target-wcu") if writes else ("Read", "--max-rcu")
-    if given:
-        return Rate(given, flag)
-    provisioned = provisioned_units(table or {}, kind)
-    if provisioned:
-        return Rate(float(provisioned), "the table's provisioned capacity", provisioned=True)
-    on_demand = ON_DEMAND_WRITE_RATE if writes else ON_DEMAND_READ_RATE
-    maximum = ((table or {}).get("OnDemandThroughput") or {}).get(f"Max{kind}RequestUnits") or 0
-    if 0 < maximum < on_demand:
-        return Rate(float(maximum), "the table's on-demand maximum")
-    return Rate(on_demand, "on-demand: what a new on-demand table serves at once")
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,12 @@ from ddbpipe.plan import (
     ExportChoices,
     ImportTarget,
     IndexShape,
-    Rate,
     ScanSample,
     SourceSample,
     capacity_warnings,
     import_plan,
     index_entry_size,
     index_shapes,
-    job_rate,
     pitr_of,
     run_plan_import,
     sample_table,
@@ -42,6 +40,7 @@ from ddbpipe.plan import (
 )
 from ddbpipe.prices import BUILT_IN_PRICES, PriceTable, RegionPrices, load_prices, throughput_cost
 from ddbpipe.sources import ImportSource
+from ddbpipe.table_rate import Rate, job_rate
 from tests.test_sources import full_lines, s3_put, write_aws_export
 
 DDBPIPE = [sys.executable, "-m", "ddbpipe.cli.main"]
@@ -162,6 +161,11 @@ def test_the_rate_is_the_one_asked_for_else_the_tables_and_says_where_it_came_fr
     saved_schema = {"BillingMode": "PROVISIONED",
                     "ProvisionedThroughput": {"ReadCapacityUnits": 5, "WriteCapacityUnits": 25}}
     assert job_rate(saved_schema, None, writes=True).units_per_second == 25
+    # --provision-wcu: the capacity a provisioned table is raised to; nothing on on-demand.
+    assert job_rate(provisioned, None, writes=True, provision=60) == Rate(
+        60.0, "the capacity the table is raised to for the job", provisioned=True)
+    assert job_rate(provisioned, 7.0, writes=True, provision=60).units_per_second == 7
+    assert job_rate(capped, None, writes=True, provision=60).units_per_second == 300
     # Time is units over the rate.
     assert seconds_at(36_000, Rate(10.0, "x")) == 3600
 

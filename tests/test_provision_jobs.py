@@ -107,8 +107,8 @@ def test_provision_anyway_without_a_provision_option_is_a_usage_error(
 
 
 def test_provision_wcu_sets_the_rate_of_a_provisioned_table_only() -> None:
-    from ddbpipe.config import ImportOptions
-    from ddbpipe.import_job import DEFAULT_ON_DEMAND_WCU, _choose_target_wcu
+    from ddbpipe.config import DEFAULT_ON_DEMAND_WCU, ImportOptions
+    from ddbpipe.import_job import _choose_target_wcu
 
     options = ImportOptions(source="/tmp/x", table="orders", provision_wcu=50)
     provisioned = {"BillingModeSummary": {"BillingMode": "PROVISIONED"},
@@ -118,3 +118,6 @@ def test_provision_wcu_sets_the_rate_of_a_provisioned_table_only() -> None:
     assert _choose_target_wcu(options, provisioned) == 50
     # Nothing is raised on an on-demand table: its usual rate, not the 50 asked for raising.
     assert _choose_target_wcu(options, on_demand) == DEFAULT_ON_DEMAND_WCU
+    # An on-demand table capped below the usual rate is written at its cap, as plan says.
+    capped = {**on_demand, "OnDemandThroughput": {"MaxWriteRequestUnits": 300}}
+    assert _choose_target_wcu(options, capped) == 300
