@@ -11,10 +11,16 @@ at once, each in a process of its own, on the real clock).
 Per run: WCU written each second on the busiest partition and on the others; the completion
 time against the busiest partition's time (its items' write units
 at its capacity, after the first second's allowance: no writer can finish sooner), and the
-re-sends per item (records the table throttled, over the items). Goal (issue: one
-controller, partition-aware): within 1.10x, at most 0.15 re-sends per item.
+re-sends per item (records the table throttled, over the items), and when the other
+partitions' last write was done (a fraction of the job: how far the hot partition held
+them back). Goal (issue: one controller, partition-aware): within 1.10x, at most 0.15
+re-sends per item.
 
-    python benchmarks/hot_partition.py --runs 6
+``--write-order random`` has the model decide a batch's writes in a random order (DynamoDB
+writes them in parallel), not in the batch's; ``--compare`` also runs the writer without
+``HotKeys`` as often, at the same time, for a ratio on the same load.
+
+    python benchmarks/hot_partition.py --runs 3 --compare --write-order random
 """
 
 from __future__ import annotations
@@ -40,13 +46,13 @@ import botocore.credentials  # noqa: E402
 from benchmarks.import_bench import HOT_KEY, hot_partition_bound, throttled_items  # noqa: E402
 from ddbpipe.batching import interleave  # noqa: E402
 from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport  # noqa: E402
-from ddbpipe.import_job import key_limiter, write_rate  # noqa: E402
+from ddbpipe.import_job import hot_keys, key_limiter, write_rate  # noqa: E402
 from ddbpipe.records import WriteRecord, new_record  # noqa: E402
 from ddbpipe.retry import RetryPolicy, SystemClock  # noqa: E402
 from ddbpipe.sources.reading import RECORDS_PER_BATCH  # noqa: E402
 from ddbpipe.writer import TableWriter  # noqa: E402
 from tools import sample_data  # noqa: E402
-from tools.capacity_model import KeySchema, SimulatedTable, TableCapacity  # noqa: E402
+from tools.capacity_model import WRITE_ORDERS, KeySchema, SimulatedTable, TableCapacity  # noqa: E402
 from tools.capacity_simulator import in_process_transport  # noqa: E402
 
 SCHEMA = KeySchema("pk", "sk")
@@ -58,11 +64,13 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     items = throttled_items(args["items"], args["hot_share"])
     records = [new_record("put", sample_data.to_wire(item), source="s", key_names=("pk", "sk"))
                for item in items]
-    capacity = TableCapacity(SimulatedTable(wcu=args["wcu"], partitions=args["partitions"]))
+    capacity = TableCapacity(SimulatedTable(wcu=args["wcu"], partitions=args["partitions"],
+                                            write_order=args["write_order"], seed=args["seed"]))
     per_second: defaultdict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
     busiest = max(range(args["partitions"]), key=lambda p: sum(
         1 for r in records if capacity.partition_of(r.item["pk"]) == p))
     throttle_counter = ThrottledByKey(HOT_KEY, capacity.partition_of, busiest)
+    others_done = 0.0
 
     async def write() -> float:
         clock = SystemClock()
@@ -78,13 +86,17 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
 
         def written(batch: list[WriteRecord], consumed: float) -> None:
-            second = int(time.monotonic() - started)
+            nonlocal others_done
+            now = time.monotonic() - started
             for record in batch:
                 on_busiest = capacity.partition_of(record.item["pk"]) == busiest
-                per_second[second][0 if on_busiest else 1] += record.units
+                per_second[int(now)][0 if on_busiest else 1] += record.units
+                if not on_busiest:
+                    others_done = now
 
         writer = TableWriter(client, "t", ("pk", "sk"), bucket=bucket, controller=controller,
                              key_limiter=key_limiter(clock), concurrency=16, clock=clock,
+                             hot_keys=hot_keys(clock) if args["hot_keys"] else None,
                              on_written=written)
         await writer.write(_stream(records))
         assert writer.written == len(records)
@@ -95,7 +107,8 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     stats = capacity.stats()
     timeline = " ".join(f"{busy:.0f}/{other:.0f}" for _, (busy, other)
                         in sorted(per_second.items()))
-    return {"seconds": seconds, "of_bound": seconds / bound,
+    return {"hot_keys": args["hot_keys"], "seconds": seconds, "of_bound": seconds / bound,
+            "others_done": others_done / seconds if args["partitions"] > 1 else None,
             "resends": stats.items_throttled / len(records), "timeline": timeline,
             "throttled": (throttle_counter.hot, throttle_counter.beside_hot,
                           throttle_counter.elsewhere)}
@@ -160,21 +173,42 @@ def main() -> None:
     parser.add_argument("--target-wcu", type=float, default=2000.0)
     parser.add_argument("--latency", type=float, default=0.01,
                         help="seconds before each BatchWriteItem is answered")
+    parser.add_argument("--write-order", choices=WRITE_ORDERS, default="given",
+                        help="the order the model decides a batch's writes in")
+    parser.add_argument("--seed", type=int, default=0, help="of the random write order")
+    parser.add_argument("--compare", action="store_true",
+                        help="also as many runs without HotKeys, at the same time")
     args = vars(parser.parse_args())
-    with ProcessPoolExecutor(max_workers=args["runs"]) as pool:
-        runs = list(pool.map(one_run, [args] * args["runs"]))
+    settings = [{**args, "hot_keys": True, "seed": args["seed"] + n} for n in range(args["runs"])]
+    if args["compare"]:
+        settings += [{**one, "hot_keys": False} for one in settings]
+    with ProcessPoolExecutor(max_workers=len(settings)) as pool:
+        runs = list(pool.map(one_run, settings))
+    for name, hot in (("with HotKeys", True), ("without HotKeys", False)):
+        chosen = [run for run in runs if run["hot_keys"] == hot]
+        if chosen:
+            print(f"--- {name}")
+            _report(chosen)
+
+
+def _report(runs: list[dict[str, Any]]) -> None:
     for number, run in enumerate(runs):
+        others_done = ("" if run["others_done"] is None else
+                       f", the other partitions done at {run['others_done']:.0%} of it")
         print(f"run {number}: {run['seconds']:.1f} s, {run['of_bound']:.2f}x the busiest "
-              f"partition's time, {run['resends']:.2f} re-sends per item")
+              f"partition's time, {run['resends']:.2f} re-sends per item{others_done}")
         hot, beside, elsewhere = run["throttled"]
         print(f"  writes throttled: of the hot key {hot}, of the other keys on its partition "
               f"{beside}, on the other partitions {elsewhere}")
         print(f"  WCU written per second, busiest partition / the others: {run['timeline']}")
     of_bound = [run["of_bound"] for run in runs]
     resends = [run["resends"] for run in runs]
+    others = [run["others_done"] for run in runs if run["others_done"] is not None]
+    others_done = (f", the other partitions done at {statistics.median(others):.0%} "
+                   f"(latest {max(others):.0%})" if others else "")
     print(f"median {statistics.median(of_bound):.2f}x (worst {max(of_bound):.2f}x), "
           f"re-sends per item median {statistics.median(resends):.2f} "
-          f"(worst {max(resends):.2f})")
+          f"(worst {max(resends):.2f}){others_done}")
 
 
 if __name__ == "__main__":

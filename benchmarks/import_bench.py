@@ -719,7 +719,8 @@ def throttled_part(args: argparse.Namespace) -> None:
                     for name in order if run % 2 == 0 else order[::-1]:
                         table = f"bench-throttle-{name}-{run}"
                         sample_data.create_table(backend, table, sort_key_type="N")
-                        simulator.configure(table, wcu=args.wcu, partitions=args.partitions)
+                        simulator.configure(table, wcu=args.wcu, partitions=args.partitions,
+                                            write_order=args.write_order)
                         log = CallLog()
                         started = time.perf_counter()
                         if name == "ddbpipe":
@@ -825,6 +826,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--target-wcu", type=float, default=2000.0, help="ddbpipe's target")
     parser.add_argument("--hot-share", type=float, default=0.3)
+    parser.add_argument("--write-order", choices=("given", "random"), default="given",
+                        help="the order the simulator decides a batch's writes in (DynamoDB "
+                             "writes them in parallel)")
     parser.add_argument("--writers", nargs="+", choices=("ddbpipe", "boto3", "dynamodump"),
                         default=["ddbpipe", "boto3", "dynamodump"], help="(throttled)")
     parser.add_argument("--cluster", metavar="local:N",

@@ -182,6 +182,11 @@ class BatchBuilder:
         """Records that could go into a batch now."""
         return self._ready_count
 
+    def backlog(self, partition_key: Hashable) -> int:
+        """Records of ``partition_key`` ready now."""
+        keys = self._ready.get(partition_key)
+        return len(keys) if keys is not None else 0
+
     @property
     def busy(self) -> int:
         """Keys with a record taken and not yet finished."""

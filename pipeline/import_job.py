@@ -23,6 +23,7 @@ from .batching import interleave
 from .config import ImportOptions
 from .dynamo import DynamoClient
 from .errors import ConfigError, TableNotFoundError
+from .hot_keys import HotKeys
 from .import_state import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DeadLetterFile,
@@ -85,6 +86,11 @@ def write_rate(target_wcu: float, clock: Clock) -> tuple[TokenBucket, AdaptiveRa
 def key_limiter(clock: Clock) -> KeyRateLimiter:
     """The per-key limits of an import's writer (DynamoDB's per-partition-key cap)."""
     return KeyRateLimiter(PARTITION_KEY_WCU, clock=clock)
+
+
+def hot_keys(clock: Clock) -> HotKeys:
+    """The hot partition keys an import's writer learns and paces on their own."""
+    return HotKeys(cap=PARTITION_KEY_WCU, clock=clock)
 
 
 def write_burst(target_wcu: float) -> float:
@@ -363,7 +369,7 @@ class ImportRun:
             writer = TableWriter(
                 client, self.options.table, [name for name, _ in self.table_keys],
                 bucket=bucket, controller=controller,
-                key_limiter=key_limiter(clock),
+                key_limiter=key_limiter(clock), hot_keys=hot_keys(clock),
                 concurrency=self.options.concurrency,
                 retry_deadline=self.options.retry_deadline,
                 on_written=self._written, on_dead_letter=self._dead_lettered,
@@ -375,6 +381,9 @@ class ImportRun:
                 self.consumed_wcu = writer.consumed_wcu
                 self.throttled_requests = writer.throttled_requests
                 self.unprocessed_items = writer.unprocessed_items
+                if writer.hot_keys is not None and writer.hot_keys.learned:
+                    log.info("%d hot partition keys were written at rates of their own",
+                             writer.hot_keys.learned)
                 self.progress.current_rate = controller.rate
                 try:
                     # At the end, on an error or when cancelled: what is finished stays so.

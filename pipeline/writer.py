@@ -10,7 +10,9 @@ could not be written before its retry deadline), each reported through a callbac
   sent and corrected with the ConsumedCapacity of the reply. Throttles (the exception, or
   UnprocessedItems) tell the ``AdaptiveRate`` controller, which lowers the bucket's rate.
 - Hot keys: an optional ``KeyRateLimiter`` holds back records of a partition-key value over
-  its budget (1,000 WCU/s per key in DynamoDB) while other keys go ahead.
+  its budget (1,000 WCU/s per key in DynamoDB) while other keys go ahead. An optional
+  ``HotKeys`` learns the partition keys whose partitions the table runs short of and paces
+  them on their own; the throttles they are blamed for do not cut the import's rate.
 - Retries: throttled and unprocessed records go back into the builder after a full-jitter
   backoff of their own (``retry.RetryPolicy``; a record is given up at its deadline, not
   after a number of attempts); a key's later records wait for them, so the order per key
@@ -33,6 +35,7 @@ from typing import Any
 from .batching import MAX_BATCH_REQUESTS, BatchBuilder
 from .dynamo import DynamoClient
 from .errors import AwsRequestError, ThrottledError, TransientError
+from .hot_keys import HotKeys
 from .progress import JobProgress
 from .ratelimit import Bucket, KeyRateLimiter, RateController
 from .records import Key, WriteRecord, item_key
@@ -87,6 +90,7 @@ class TableWriter:
         bucket: Bucket,
         controller: RateController | None = None,
         key_limiter: KeyRateLimiter | None = None,
+        hot_keys: HotKeys | None = None,
         concurrency: int = 16,
         retry_deadline: float = 15 * 60.0,
         backoff: RetryPolicy = DEFAULT_BACKOFF,
@@ -107,6 +111,7 @@ class TableWriter:
             # A controller that did not drive this bucket would cut a rate nobody uses.
             controller.attach(bucket)
         self.key_limiter = key_limiter
+        self.hot_keys = hot_keys
         self.concurrency = concurrency
         self.retry_deadline = retry_deadline
         self.backoff = backoff
@@ -201,17 +206,29 @@ class TableWriter:
             # Let the reader top up the builder first, so batches go out as full as they can.
             await asyncio.sleep(0)
             self._raise_failure()
-            batch = self._builder.take(admit=self._admit if self.key_limiter is not None else None)
+            batch = self._take()
             if batch:
                 # Charged before sending (the bucket may go into debt), corrected on reply.
                 self.bucket.charge(_estimate(batch))
                 return batch
             held_back_by_key_rate = self._builder.ready > 0
+            if held_back_by_key_rate and self.hot_keys is not None and self.hot_keys.held_back:
+                # Only hot keys are ready: holding them back would leave their partition idle.
+                self.hot_keys.release()
+                continue
             await self._wait_for_change(KEY_LIMIT_POLL if held_back_by_key_rate else None)
 
+    def _take(self) -> list[WriteRecord]:
+        if self.key_limiter is None and self.hot_keys is None:
+            return self._builder.take()
+        if self.hot_keys is not None:
+            self.hot_keys.held_back = False
+        return self._builder.take(admit=self._admit)
+
     def _admit(self, record: WriteRecord) -> bool:
-        assert self.key_limiter is not None
-        return self.key_limiter.try_take(record.key[0], record.units)
+        if self.hot_keys is not None and not self.hot_keys.admit(record):
+            return False
+        return self.key_limiter is None or self.key_limiter.try_take(record.key[0], record.units)
 
     async def _send_in_slot(self, batch: list[WriteRecord]) -> None:
         try:
@@ -227,7 +244,7 @@ class TableWriter:
             reply = await self.client.batch_write_raw(self.table, [r.request() for r in batch])
         except ThrottledError as error:
             self.throttled_requests += 1
-            self._note_throttle(sent_at)
+            self._note_throttle(sent_at, batch, batch)
             self._retry_all(batch, str(error), throttled=True)
         except TransientError as error:
             # 5xx or a dropped connection: nothing to say about capacity, just try again.
@@ -271,7 +288,7 @@ class TableWriter:
             self._report_rate()
         if unprocessed:
             self.unprocessed_items += len(unprocessed)
-            self._note_throttle(sent_at)
+            self._note_throttle(sent_at, unprocessed, batch)
             self._retry_all(
                 unprocessed, "returned as UnprocessedItems (throttled)", throttled=True
             )
@@ -313,8 +330,14 @@ class TableWriter:
         if self._on_dead_letter is not None:
             self._on_dead_letter(record, reason)
 
-    def _note_throttle(self, sent_at: float) -> None:
-        if self.controller is not None:
+    def _note_throttle(
+        self, sent_at: float, throttled: list[WriteRecord], sent: list[WriteRecord]
+    ) -> None:
+        # Hot keys' throttles cut their own rates; the import's rate is for the rest.
+        hot_keys_blamed = self.hot_keys is not None and self.hot_keys.throttled(
+            throttled, sent, backlog=self._builder.backlog, ready=self._builder.ready,
+            rate=self.bucket.rate)
+        if self.controller is not None and not hot_keys_blamed:
             self.controller.on_throttle(sent_at)
             self._report_rate()
         if self.progress is not None:

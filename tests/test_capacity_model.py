@@ -149,6 +149,23 @@ def test_a_batch_beyond_the_capacity_is_accepted_in_part_and_the_rest_unprocesse
     assert stats.calls_with_unprocessed == 1
 
 
+def test_in_random_order_a_short_partition_refuses_writes_from_anywhere_in_the_batch() -> None:
+    def accepted(order: str, seed: int) -> list[int]:
+        capacity = TableCapacity(SimulatedTable(wcu=25, write_order=order, seed=seed),
+                                 clock=ManualClock())
+        writes = [(0, 2.0)] * 25  # 50 WCU into a partition with 25
+        return [n for n, ok in enumerate(capacity.admit_writes(writes)) if ok]
+
+    assert accepted("given", 0) == list(range(12))
+    chosen = accepted("random", 0)
+    assert len(chosen) == 12 and chosen != list(range(12))
+    # Seeded: the same order on every run, another with another seed.
+    assert accepted("random", 0) == chosen
+    assert accepted("random", 1) != chosen
+    with pytest.raises(ValueError, match="write_order must be one of given, random"):
+        SimulatedTable(wcu=25, write_order="sorted")
+
+
 def test_a_batch_with_nothing_accepted_is_refused_whole_and_can_be_refunded() -> None:
     clock = ManualClock()
     capacity = TableCapacity(SimulatedTable(wcu=4), clock=clock)

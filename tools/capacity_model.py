@@ -8,10 +8,13 @@ endpoint in front of DynamoDB Local; a test can also answer calls from it in pro
   an MD5 hash of its partition-key value, as in DynamoDB, so a hot key stays in one partition;
 - each partition refills ``wcu / partitions`` units per second, capped at 1,000 WCU/s (and
   3,000 RCU/s) whatever the table's rate, and saves unused capacity up to ``burst_seconds``;
-- a write whose partition has the units is accepted, the others are throttled. A
-  BatchWriteItem with some writes accepted is answered HTTP 200 with the rest as
-  ``UnprocessedItems``; one with none accepted, like a throttled single write, with
-  ``ProvisionedThroughputExceededException`` (HTTP 400).
+- a write whose partition has the units is accepted, the others are throttled. A batch's
+  writes are decided in the order given, or with ``write_order="random"`` in a random order:
+  DynamoDB writes a batch's items in parallel, so which of them a short partition refuses is
+  not said (in the given order, the first writes to a partition take its units and the later
+  ones are refused). A BatchWriteItem with some writes accepted is answered HTTP 200 with
+  the rest as ``UnprocessedItems``; one with none accepted, like a throttled single write,
+  with ``ProvisionedThroughputExceededException`` (HTTP 400).
 
 Requests are costed as DynamoDB costs them (item size, write units, partition key); a request
 the model cannot read (malformed, unknown table schema) gets no decision, and the caller
@@ -25,6 +28,7 @@ BatchGetItem and transactions.
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +43,7 @@ from ddbpipe.retry import Clock, SystemClock
 __all__ = [
     "PARTITION_RCU_CAP",
     "PARTITION_WCU_CAP",
+    "WRITE_ORDERS",
     "BatchAdmission",
     "BatchPlan",
     "KeySchema",
@@ -58,6 +63,8 @@ __all__ = [
 #: Most units one DynamoDB partition serves per second, whatever the table's provisioning.
 PARTITION_WCU_CAP = 1000.0
 PARTITION_RCU_CAP = 3000.0
+#: The orders a batch's writes may be decided in (``SimulatedTable.write_order``).
+WRITE_ORDERS = ("given", "random")
 
 #: DynamoDB's own limits, checked here only to know when to leave validation to the backend.
 BATCH_WRITE_MAX_REQUESTS = 25
@@ -141,10 +148,17 @@ class SimulatedTable:
     rcu: float | None = None
     partition_wcu_cap: float = PARTITION_WCU_CAP
     partition_rcu_cap: float = PARTITION_RCU_CAP
+    #: "given": a batch's writes are decided in its order; "random": in a random order.
+    write_order: str = "given"
+    #: Seeds the random order, so a run can be repeated.
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.wcu <= 0 or self.partitions < 1 or self.burst_seconds < 0:
             raise ValueError(f"invalid simulated table: {self}")
+        if self.write_order not in WRITE_ORDERS:
+            raise ValueError(f"write_order must be one of {', '.join(WRITE_ORDERS)}, not "
+                             f"{self.write_order!r}")
         if self.rcu is not None and self.rcu <= 0:
             raise ValueError(f"invalid simulated table: {self}")
 
@@ -222,14 +236,25 @@ class TableCapacity:
         )
         self._origin = self._clock.monotonic()
         self._counters = self._fresh_counters()
+        self._shuffle = (random.Random(config.seed).shuffle if config.write_order == "random"
+                         else None)
 
     def partition_of(self, key_value: dict[str, Any]) -> int:
         return partition_of(key_value, self.config.partitions)
 
     def admit_writes(self, writes: Iterable[Write]) -> list[bool]:
-        """Decide each (partition, WCU) write in order: True if accepted (its units taken)."""
+        """Decide each (partition, WCU) write, in the table's ``write_order``: True if
+        accepted (its units taken)."""
+        writes = list(writes)
+        order = list(range(len(writes)))
+        decisions = [False] * len(writes)
         with self._lock:
-            return [self._write_buckets[p].try_take(units) for p, units in writes]
+            if self._shuffle is not None:
+                self._shuffle(order)
+            for index in order:
+                partition, units = writes[index]
+                decisions[index] = self._write_buckets[partition].try_take(units)
+        return decisions
 
     def refund_writes(self, writes: Iterable[Write]) -> None:
         """Give back units of accepted writes the backend then refused."""

@@ -321,8 +321,10 @@ class CapacitySimulator(LoopbackServer):
         rcu: float | None = None,
         partition_wcu_cap: float = PARTITION_WCU_CAP,
         partition_rcu_cap: float = PARTITION_RCU_CAP,
+        write_order: str = "given",
     ) -> None:
-        """Throttle ``table`` from now on, with fresh buckets and statistics."""
+        """Throttle ``table`` from now on, with fresh buckets and statistics (``write_order``:
+        see ``SimulatedTable``)."""
         config = SimulatedTable(
             wcu=wcu,
             partitions=partitions,
@@ -330,6 +332,7 @@ class CapacitySimulator(LoopbackServer):
             rcu=rcu,
             partition_wcu_cap=partition_wcu_cap,
             partition_rcu_cap=partition_rcu_cap,
+            write_order=write_order,
         )
         with self._tables_lock:
             self._tables[table] = TableCapacity(config, clock=self._clock)
