@@ -87,8 +87,12 @@ def iam_policy(
     point_in_time: Annotated[bool, _job_option(
         "export: with --point-in-time (DescribeContinuousBackups, ExportTableToPointInTime, "
         "DescribeExport; and what DynamoDB writes as you into DEST's state folder, then "
-        "read and removed). A --staging place elsewhere needs the two staging statements "
-        "on that place instead.", "--point-in-time")] = False,
+        "read and removed; or into --staging).", "--point-in-time")] = False,
+    staging: Annotated[str | None, typer.Option(
+        "--staging", metavar="s3://BUCKET/PREFIX", rich_help_panel=JOB_OPTIONS,
+        help="export --point-in-time: the export's --staging, when DynamoDB's native export "
+        "goes there and not under DEST (a local DEST needs it; leave --bucket out then).",
+    )] = None,
     region: Annotated[str | None, typer.Option(
         help="Region of the ARNs (default: AWS_REGION or the profile's). With --account also "
         "given, nothing at all is called.")] = None,
@@ -113,7 +117,8 @@ def iam_policy(
         iam_policy_for, job, table=table, bucket=bucket, prefix=prefix, kms_key_arn=kms_key_arn,
         create_table=create_table, without_indexes=without_indexes, resume=resume,
         object_lock=object_lock, legal_hold=legal_hold, tags=tags, provision=provision,
-        point_in_time=point_in_time, region=region, account=account, profile=profile,
+        point_in_time=point_in_time, staging=staging, region=region, account=account,
+        profile=profile,
     )
     # STS, when it is asked, is called in a thread; errors are one line, as every command's.
     policy = run_job(lambda: asyncio.to_thread(generate), lambda: None, interrupted_hint="")

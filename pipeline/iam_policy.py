@@ -127,6 +127,8 @@ class _Request:
     tags: bool
     provision: bool
     point_in_time: bool
+    #: A point-in-time export's --staging place elsewhere than DEST: (bucket, prefix).
+    staging: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,15 @@ class _Arns:
         """The object (or key pattern) ``key`` under the prefix."""
         return f"{self.bucket()}/{self.request.prefix}{key}"
 
+    def staging_bucket(self) -> str:
+        assert self.request.staging is not None
+        return f"arn:{self.partition}:s3:::{self.request.staging[0]}"
+
+    def staging_objects(self) -> str:
+        """The objects under the --staging place."""
+        assert self.request.staging is not None
+        return f"{self.staging_bucket()}/{self.request.staging[1]}*"
+
     def scalable_targets(self) -> str:
         """Every Application Auto Scaling scalable target of the account in the region."""
         return (f"arn:{self.partition}:application-autoscaling:{self.region}:{self.account}:"
@@ -180,6 +191,7 @@ def iam_policy_for(
     tags: bool = False,
     provision: bool = False,
     point_in_time: bool = False,
+    staging: str | None = None,
     region: str | None = None,
     account: str | None = None,
     profile: str | None = None,
@@ -199,10 +211,11 @@ def iam_policy_for(
     (export, import) what ``--provision-rcu``/``--provision-wcu`` call to raise the table's
     capacity and put it back; ``point_in_time`` (export) what ``--point-in-time`` calls, and
     what DynamoDB's native export writes as the caller into the state folder (the default
-    staging place); ``create_table`` for plan-import, that the plan only checks
-    the table is not there. ARNs name ``region`` and ``account``; each missing one is the
-    session's (``profile``), the account asked of STS. Bad input raises a one-line
-    ``ConfigError`` before anything is called.
+    staging place), or into ``staging`` (the export's ``--staging s3://bucket/prefix``, then
+    also listed, read and emptied there); ``create_table`` for plan-import, that the plan
+    only checks the table is not there. ARNs name ``region`` and ``account``; each missing
+    one is the session's (``profile``), the account asked of STS. Bad input raises a
+    one-line ``ConfigError`` before anything is called.
     """
     if job not in JOBS + PLANS:
         raise ConfigError(f"unknown job {job!r}: use one of {', '.join(JOBS + PLANS)}")
@@ -211,12 +224,12 @@ def iam_policy_for(
         prefix=_checked_prefix(prefix), kms_key_arn=_checked_key(kms_key_arn),
         create_table=create_table, without_indexes=without_indexes, resume=resume,
         object_lock=object_lock, legal_hold=legal_hold, tags=tags, provision=provision,
-        point_in_time=point_in_time,
+        point_in_time=point_in_time, staging=_checked_staging(staging),
     )
     _check_applies(request)
     found_region, found_account = _region_and_account(region, account, profile)
     arns = _Arns(request, found_region, found_account)
-    uses = [*_table_uses(arns), *_bucket_uses(arns)]
+    uses = [*_table_uses(arns), *_bucket_uses(arns), *_staging_uses(arns)]
     statements = [_statement(use) for use in uses] + _kms_statements(request, uses)
     return {"Version": POLICY_VERSION, "Statement": statements}
 
@@ -335,7 +348,7 @@ def _export_objects(arns: _Arns) -> list[_Uses]:
         (arns.objects(DATA_PREFIX),) if request.resume else ()
     )
     uses.append(_Uses("RemoveTheExportState", ("s3:DeleteObject",), removed))
-    if request.point_in_time:
+    if request.point_in_time and request.staging is None:
         uses += _native_export_objects(arns)
     if request.object_lock or request.legal_hold:
         uses.append(_Uses("CheckObjectLockIsOn", ("s3:GetObjectLockConfiguration",),
@@ -352,6 +365,20 @@ def _native_export_objects(arns: _Arns) -> list[_Uses]:
     return [_Uses("LetDynamoDBWriteTheNativeExport",
                   ("s3:PutObject", "s3:AbortMultipartUpload", "s3:PutObjectAcl"), staging),
             _Uses("ReadTheNativeExport", ("s3:GetObject",), staging)]
+
+
+def _staging_uses(arns: _Arns) -> list[_Uses]:
+    """A point-in-time export's --staging place elsewhere: listed (checked, and emptied after
+    the export), written by DynamoDB as the caller (as under the state folder), read, and its
+    files of this export removed."""
+    if arns.request.staging is None:
+        return []
+    objects = (arns.staging_objects(),)
+    return [_Uses("ListTheStagingPlace", ("s3:ListObjectsV2",), (arns.staging_bucket(),),
+                  condition=_prefix_condition(arns.request.staging[1])),
+            _Uses("LetDynamoDBWriteTheNativeExport",
+                  ("s3:PutObject", "s3:AbortMultipartUpload", "s3:PutObjectAcl"), objects),
+            _Uses("ReadAndRemoveTheNativeExport", ("s3:GetObject", "s3:DeleteObject"), objects)]
 
 
 def _archive_parameters(request: _Request) -> tuple[str, ...]:
@@ -445,9 +472,12 @@ def _check_applies(request: _Request) -> None:
     if request.point_in_time and request.provision:
         raise ConfigError("--provision with --point-in-time: a point-in-time export reads no "
                           "table capacity, so nothing is raised: drop --provision")
-    if request.point_in_time and request.bucket is None:
-        raise ConfigError("--point-in-time needs --bucket and --prefix: DynamoDB writes its "
-                          "native export to S3 (DEST's state folder)")
+    if request.staging is not None and not request.point_in_time:
+        raise ConfigError("--staging goes with --point-in-time: only a point-in-time export "
+                          "stages DynamoDB's native export")
+    if request.point_in_time and request.bucket is None and request.staging is None:
+        raise ConfigError("--point-in-time needs --bucket and --prefix, or --staging: DynamoDB "
+                          "writes its native export to S3 (DEST's state folder, or --staging)")
     if job == "plan-export":
         _check_no_s3(request)
     if job in _READS_OR_WRITES and request.table is None:
@@ -519,6 +549,19 @@ def _checked_prefix(prefix: str) -> str:
         raise ConfigError(f"--prefix {prefix!r} holds {special!r}, which IAM reads as a "
                           "wildcard or variable: use '*' for any run of characters")
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def _checked_staging(staging: str | None) -> tuple[str, str] | None:
+    """--staging s3://bucket/prefix as (bucket, prefix ending in '/')."""
+    if staging is None:
+        return None
+    if not staging.startswith("s3://"):
+        raise ConfigError(f"--staging {staging!r}: give the export's s3://bucket/prefix "
+                          "(DynamoDB exports to S3 only)")
+    bucket, _, prefix = staging[len("s3://"):].partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise ConfigError(f"--staging {staging!r}: {bucket!r} is not an S3 bucket name")
+    return bucket, _checked_prefix(prefix)
 
 
 def _checked_key(arn: str | None) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -48,9 +48,13 @@ def pitr_needs(calls: list[RecordedCall]) -> list[Need]:
     return found
 
 
-@pytest.fixture(scope="module")
-def recorded(dynamodb_local: Any, s3_server: Any) -> Iterator[tuple[str, str, list[Any]]]:
-    """A point-in-time export's recorded calls: (table, bucket, calls)."""
+@contextlib.contextmanager
+def recorded_export(
+    dynamodb_local: Any, s3_server: Any, destination: Callable[[str], str],
+    staging: Callable[[str], str | None],
+) -> Iterator[tuple[str, str, list[RecordedCall]]]:
+    """A point-in-time export's recorded calls: (table, bucket, calls). ``destination`` and
+    ``staging`` give the export's DEST and --staging from the test's bucket."""
     with (start_native_export_endpoint(dynamodb_local.endpoint, s3_server.endpoint,
                                        items_per_file=20) as native,
           start_recording_endpoint(native.endpoint) as dynamodb,
@@ -69,7 +73,8 @@ def recorded(dynamodb_local: Any, s3_server: Any) -> Iterator[tuple[str, str, li
         try:
             dynamodb.clear()
             s3.clear()
-            ddbpipe.export_table(table, f"s3://{bucket}/snapshots/one", point_in_time="latest",
+            ddbpipe.export_table(table, destination(bucket), point_in_time="latest",
+                                 staging=staging(bucket),
                                  aws=ddbpipe.AwsOptions(endpoint_url=dynamodb.endpoint,
                                                         s3_endpoint_url=s3.endpoint,
                                                         region=REGION))
@@ -78,6 +83,25 @@ def recorded(dynamodb_local: Any, s3_server: Any) -> Iterator[tuple[str, str, li
         finally:
             with contextlib.suppress(Exception):
                 client.delete_table(TableName=table)
+
+
+@pytest.fixture(scope="module")
+def recorded(dynamodb_local: Any, s3_server: Any) -> Iterator[tuple[str, str, list[Any]]]:
+    """An export to S3, staged in its state folder."""
+    with recorded_export(dynamodb_local, s3_server, lambda bucket: f"s3://{bucket}/snapshots/one",
+                         lambda bucket: None) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def recorded_local(
+    dynamodb_local: Any, s3_server: Any, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, str, list[Any]]]:
+    """An export to a local directory, staged in s3://bucket/staging/."""
+    destination = str(tmp_path_factory.mktemp("pitr-local") / "snapshot")
+    with recorded_export(dynamodb_local, s3_server, lambda bucket: destination,
+                         lambda bucket: f"s3://{bucket}/staging") as found:
+        yield found
 
 
 def pitr_policy(table: str, bucket: str) -> dict[str, Any]:
@@ -112,9 +136,39 @@ def test_dynamodb_may_write_its_native_export_into_the_state_folder_only(
     assert not allows(policy, Need("s3:PutObjectAcl", outside))
 
 
+def test_a_staging_place_elsewhere_is_listed_written_read_and_emptied_and_nothing_more(
+    recorded_local: tuple[str, str, list[RecordedCall]],
+) -> None:
+    table, bucket, calls = recorded_local
+    policy = iam_policy_for("export", table=table, point_in_time=True,
+                            staging=f"s3://{bucket}/staging", **WHERE)
+    found = pitr_needs(calls)
+    refused = [need for need in found if not allows(policy, need)]
+    assert not refused, f"the policy refuses {refused[:3]}"
+    called = {need.action for need in found}
+    assert {"s3:GetObject", "s3:DeleteObject", "s3:ListBucket"} <= called
+    assert actions_of(policy) - called <= WRITTEN_BY_DYNAMODB
+    # Nothing outside the staging place: the export itself is a local directory.
+    outside = f"arn:aws:s3:::{bucket}/elsewhere/a.json.gz"
+    assert not any(allows(policy, Need(action, outside)) for action in actions_of(policy))
+
+
+def test_with_staging_elsewhere_the_dest_state_folder_is_not_granted_to_dynamodb() -> None:
+    policy = iam_policy_for("export", table="orders", bucket="archive", prefix="orders/",
+                            point_in_time=True, staging="s3://scratch/stage", **WHERE)
+    state = "arn:aws:s3:::archive/orders/_ddbpipe-state/native/x/data/a.json.gz"
+    staged = "arn:aws:s3:::scratch/stage/x/data/a.json.gz"
+    for action in WRITTEN_BY_DYNAMODB:
+        assert allows(policy, Need(action, staged))
+    assert not allows(policy, Need("s3:PutObjectAcl", state))
+
+
 @pytest.mark.parametrize(("settings", "words"), [
     ({"provision": True}, "nothing is raised: drop --provision"),
-    ({"bucket": None}, "--point-in-time needs --bucket"),
+    ({"bucket": None}, "--point-in-time needs --bucket and --prefix, or --staging"),
+    ({"point_in_time": False, "staging": "s3://scratch/x"}, "--staging goes with --point-in-time"),
+    ({"staging": "/tmp/stage"}, "give the export's s3://bucket/prefix"),
+    ({"staging": "s3://no such/x"}, "is not an S3 bucket name"),
 ])
 def test_point_in_time_settings_that_cannot_work_are_refused(
     settings: dict[str, Any], words: str,
