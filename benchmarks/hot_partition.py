@@ -48,7 +48,7 @@ from ddbpipe.batching import interleave  # noqa: E402
 from ddbpipe.dynamo import DynamoClient, HttpReply, MockTransport  # noqa: E402
 from ddbpipe.import_job import hot_keys, key_limiter, write_rate  # noqa: E402
 from ddbpipe.records import WriteRecord, new_record  # noqa: E402
-from ddbpipe.retry import RetryPolicy, SystemClock  # noqa: E402
+from ddbpipe.retry import Clock, RetryPolicy, SystemClock  # noqa: E402
 from ddbpipe.sources.reading import RECORDS_PER_BATCH  # noqa: E402
 from ddbpipe.writer import TableWriter  # noqa: E402
 from tools import sample_data  # noqa: E402
@@ -73,16 +73,6 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
     others_done = 0.0
 
     async def write() -> float:
-        clock = SystemClock()
-        bucket, controller = write_rate(args["target_wcu"], clock)
-        client = DynamoClient(
-            region="us-east-1", endpoint="https://dynamodb.us-east-1.amazonaws.com",
-            credentials=botocore.credentials.Credentials("k", "s"),
-            retry=RetryPolicy(max_attempts=1),
-            transport=throttle_counter.wrap(
-                in_process_transport(capacity, SCHEMA, latency=args["latency"])),
-            clock=clock,
-        )
         started = time.monotonic()
 
         def written(batch: list[WriteRecord], consumed: float) -> None:
@@ -94,10 +84,10 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
                 if not on_busiest:
                     others_done = now
 
-        writer = TableWriter(client, "t", ("pk", "sk"), bucket=bucket, controller=controller,
-                             key_limiter=key_limiter(clock), concurrency=16, clock=clock,
-                             hot_keys=hot_keys(clock) if args["hot_keys"] else None,
-                             on_written=written)
+        transport = throttle_counter.wrap(
+            in_process_transport(capacity, SCHEMA, latency=args["latency"]))
+        writer = import_writer(transport, SystemClock(), target_wcu=args["target_wcu"],
+                               with_hot_keys=args["hot_keys"], on_written=written)
         await writer.write(_stream(records))
         assert writer.written == len(records)
         return time.monotonic() - started
@@ -112,6 +102,24 @@ def one_run(args: dict[str, Any]) -> dict[str, Any]:
             "resends": stats.items_throttled / len(records), "timeline": timeline,
             "throttled": (throttle_counter.hot, throttle_counter.beside_hot,
                           throttle_counter.elsewhere)}
+
+
+def import_writer(
+    transport: Any, clock: Clock, *, target_wcu: float, with_hot_keys: bool,
+    on_written: Callable[[list[WriteRecord], float], None],
+) -> TableWriter:
+    """The import's writer of table "t" (keys pk, sk), built as an import builds it (its
+    rate, per-key limits and, ``with_hot_keys``, its ``HotKeys``), on ``transport``."""
+    bucket, controller = write_rate(target_wcu, clock)
+    client = DynamoClient(
+        region="us-east-1", endpoint="https://dynamodb.us-east-1.amazonaws.com",
+        credentials=botocore.credentials.Credentials("k", "s"),
+        retry=RetryPolicy(max_attempts=1), transport=transport, clock=clock,
+    )
+    return TableWriter(client, "t", ("pk", "sk"), bucket=bucket, controller=controller,
+                       key_limiter=key_limiter(clock), concurrency=16, clock=clock,
+                       hot_keys=hot_keys(clock) if with_hot_keys else None,
+                       on_written=on_written)
 
 
 class ThrottledByKey:

@@ -47,6 +47,12 @@ def dynamodb_local() -> Iterator[services.DynamoDBLocal]:
     server.stop()
 
 
+@pytest.fixture
+def endpoint(dynamodb_local: services.DynamoDBLocal) -> str:
+    """DynamoDB Local's URL (a test module may give ``endpoint`` its own meaning)."""
+    return str(dynamodb_local.endpoint)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[services.S3Server]:
     """moto's S3 server on a loopback port; ``.endpoint`` is its URL."""

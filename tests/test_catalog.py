@@ -160,11 +160,6 @@ def build_catalogue(place: Place, endpoint: str, make_table: Any) -> dict[str, d
     return expected
 
 
-@pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
 # --- the library ------------------------------------------------------------------------------
 
 

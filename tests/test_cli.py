@@ -27,11 +27,6 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
-@pytest.fixture
 def exported(tmp_path: Path, endpoint: str, make_table: Any) -> Path:
     table = make_table(plain_items(300))
     dest = tmp_path / "export"

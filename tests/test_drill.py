@@ -31,11 +31,6 @@ ITEMS = FIDELITY_ITEMS + plain_items(300)
 KEYS = (("pk", "S"),)
 
 
-@pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
 def export(table: str, dest: Path | str, endpoint: str, **options: Any) -> str:
     ddbpipe.export_table(table, str(dest), segments=3, endpoint_url=endpoint, **options)
     return str(dest)

@@ -289,11 +289,6 @@ def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
 def write_loose(path: Path, items: list[dict[str, Any]]) -> Path:
     """A folder's NDJSON file of ``{"Item": ...}`` lines; returns the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)

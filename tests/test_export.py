@@ -37,11 +37,6 @@ from tests.exports import (
 
 
 @pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
-@pytest.fixture
 def fidelity_table(make_table: Any) -> str:
     return str(make_table(FIDELITY_ITEMS + plain_items(300)))
 

@@ -11,15 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import botocore.credentials
 import pytest
 
+from benchmarks.hot_partition import import_writer
 from benchmarks.import_bench import HOT_KEY, hot_partition_bound, throttled_items
-from ddbpipe.dynamo import DynamoClient
 from ddbpipe.hot_keys import HotKeys
-from ddbpipe.import_job import hot_keys, key_limiter, write_rate
 from ddbpipe.records import WriteRecord, new_record
-from ddbpipe.retry import ManualClock, RetryPolicy
+from ddbpipe.retry import ManualClock
 from ddbpipe.writer import TableWriter
 from tools import sample_data
 from tools.capacity_model import KeySchema, SimulatedTable, TableCapacity
@@ -208,17 +206,8 @@ def import_hot_partition(
             yield one
 
     async def scenario() -> TableWriter:
-        bucket, controller = write_rate(2000.0, clock)
-        client = DynamoClient(
-            region="us-east-1", endpoint="https://dynamodb.us-east-1.amazonaws.com",
-            credentials=botocore.credentials.Credentials("k", "s"),
-            retry=RetryPolicy(max_attempts=1),
-            transport=in_process_transport(table, KeySchema("pk", "sk")), clock=clock,
-        )
-        writer = TableWriter(client, "t", ("pk", "sk"), bucket=bucket, controller=controller,
-                             key_limiter=key_limiter(clock),
-                             hot_keys=hot_keys(clock) if with_hot_keys else None,
-                             concurrency=16, clock=clock, on_written=note)
+        writer = import_writer(in_process_transport(table, KeySchema("pk", "sk")), clock,
+                               target_wcu=2000.0, with_hot_keys=with_hot_keys, on_written=note)
         await writer.write(source())
         return writer
 

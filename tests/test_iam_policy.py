@@ -503,6 +503,11 @@ def test_a_local_directory_has_no_s3_statements(job: str) -> None:
 def test_bad_input_is_a_one_line_config_error(
     job: str, options: dict[str, Any], message: str
 ) -> None:
+    assert_refused_in_one_line(job, options, message)
+
+
+def assert_refused_in_one_line(job: str, options: dict[str, Any], message: str) -> None:
+    """``iam_policy_for(job, ...)`` raises one line of ConfigError saying ``message``."""
     with pytest.raises(ddbpipe.ConfigError) as refused:
         iam_policy_for(job, **{**WHERE, **options})
     assert message in str(refused.value) and "\n" not in str(refused.value)

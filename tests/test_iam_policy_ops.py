@@ -43,6 +43,7 @@ from tests.test_iam_policy import (
     Recorders,
     actions_of,
     allows,
+    assert_refused_in_one_line,
     needs,
     random_items,
 )
@@ -366,9 +367,7 @@ def test_without_provision_nothing_of_it_is_asked(job: str) -> None:
 def test_bad_input_is_a_one_line_config_error(
     job: str, options: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ddbpipe.ConfigError) as refused:
-        iam_policy_for(job, **{**WHERE, **options})
-    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert_refused_in_one_line(job, options, message)
 
 
 # --- the command --------------------------------------------------------------------------------

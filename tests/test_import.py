@@ -50,11 +50,6 @@ def write_loose(path: Path, items: list[dict[str, Any]]) -> None:
     path.write_bytes(b"".join(msgspec.json.encode({"Item": item}) + b"\n" for item in items))
 
 
-@pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
 @pytest.fixture(autouse=True)
 def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Checkpoint and dead-letter files default to the current directory.

@@ -238,11 +238,6 @@ def test_read_all_decodes_and_recounts(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
-@pytest.fixture
 def export_dir(tmp_path: Path, endpoint: str, make_table: Any) -> Path:
     """A local NDJSON export of five or more shards."""
     dest = tmp_path / "export"

@@ -294,11 +294,6 @@ GSI = {"GlobalSecondaryIndexes": [{
 
 
 @pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
-@pytest.fixture
 def mixed_table(make_table: Any) -> str:
     """About 2.4 MB: more than the plan's sample Scan reads (two 1 MB pages)."""
     return str(make_table(mixed_items(1000), **GSI))

@@ -38,11 +38,6 @@ def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
-@pytest.fixture
 def export(tmp_path: Path, endpoint: str, make_table: Any) -> Path:
     """A small finished ddbpipe export (keys: pk S), outside the current folder."""
     dest = tmp_path.parent / f"{tmp_path.name}-export"

@@ -45,11 +45,6 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
-@pytest.fixture
 def export(tmp_path: Path, endpoint: str, make_table: Any) -> Path:
     dest = tmp_path / "export"
     ddbpipe.export_table(make_table(plain_items(20)), str(dest), endpoint_url=endpoint)

@@ -40,11 +40,6 @@ Put = Callable[[str, bytes], None]
 
 
 @pytest.fixture
-def endpoint(dynamodb_local: Any) -> str:
-    return str(dynamodb_local.endpoint)
-
-
-@pytest.fixture
 def s3_options(s3_server: Any) -> AwsOptions:
     return AwsOptions(s3_endpoint_url=s3_server.endpoint)
 
