@@ -81,11 +81,6 @@ class ExportSummary:
         return asdict(self)
 
 
-def utc_timestamp(clock: Clock) -> str:
-    """The clock's wall time as ISO 8601 UTC with milliseconds, as AWS's manifests write it."""
-    return aws_time(clock.time())
-
-
 async def run_export(
     options: ExportOptions, progress: JobProgress | None = None, *, clock: Clock | None = None
 ) -> ExportSummary:
@@ -207,7 +202,7 @@ async def _new_plan(
             int(description.get("TableSizeBytes", 0)), cores),
         consistent_read=options.consistent_read,
         shard_bytes=options.shard_bytes or default_shard_bytes(export_format),
-        start_time=utc_timestamp(client.clock),
+        start_time=aws_time(client.clock.time()),
         key_attributes=key_attributes(description),
         table=table_schema(description, time_to_live, tags),
         archive=(options.archive or ArchiveOptions()).resolved(
@@ -426,7 +421,7 @@ async def _commit(
     manifest = ExportManifest(
         plan=plan,
         tool_version=VERSION,
-        end_time=utc_timestamp(clock),
+        end_time=aws_time(clock.time()),
         consumed_rcu=sum(checkpoint.consumed_rcu for checkpoint in finals),
         shards=shards,
     )
